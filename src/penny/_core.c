@@ -1,0 +1,1245 @@
+/*
+ * penny._core: the small native core of Penny.
+ *
+ * Everything here works on a `Shared` object, which holds one Py_buffer on a
+ * writable buffer (the scheduler's shared region, or any bytearray/mmap in
+ * tests) and addresses it by byte offset.  Python never performs a
+ * read-modify-write on a shared word itself: every such operation is one of
+ * the functions below.
+ *
+ * Contents
+ *   1. generic atomics: load/store/cas/fetch_add/exchange on 32/64-bit words,
+ *      with an explicit C11 memory order chosen by the caller, and fences;
+ *   2. futex wait/wake (shared, not FUTEX_PRIVATE: the words are shared
+ *      between processes); the GIL is released while waiting;
+ *   3. the Chase-Lev work-stealing deque (Le, Pop, Cohen, Zappa Nardelli,
+ *      PPoPP 2013), fixed capacity: owner push/pop at the bottom, thieves
+ *      steal from the top with a CAS;
+ *   4. the bounded MPMC ring of Vyukov (a sequence number per slot);
+ *   5. a Treiber stack with a tagged head (ABA-safe), used as the free list
+ *      of task records and of arena blocks;
+ *   6. the sleeper protocol's "wake one" (see docs/protocols.md);
+ *   7. the inline codec for small task arguments and results.
+ *
+ * Every structure is self-describing (its capacity lives in shared memory
+ * next to it), so the functions need only the structure's offset.  Where the
+ * structures live is decided by penny/layout.py alone.
+ *
+ * All shared words are accessed through C11 atomic_*_explicit calls on
+ * naturally aligned 32/64-bit words; offsets are checked for bounds and
+ * alignment on every call (a few ns; a wrong offset must not scribble).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <errno.h>
+#include <time.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+typedef _Atomic uint32_t a32;
+typedef _Atomic uint64_t a64;
+typedef _Atomic int64_t ai64;
+
+/* Python-visible order numbers; the same values as C11's memory_order. */
+enum { ORD_RELAXED = 0, ORD_CONSUME, ORD_ACQUIRE, ORD_RELEASE, ORD_ACQ_REL, ORD_SEQ_CST };
+
+/* Results of a steal or pop that found nothing: refs are > 0. */
+#define R_EMPTY 0
+#define R_RETRY (-1)
+
+/* Sleeper states of a parking word (docs/protocols.md). */
+enum { ST_AWAKE = 0, ST_SLEEPY = 1, ST_SLEEPING = 2, ST_NOTIFIED = 3 };
+
+/* ---- deque header (offsets inside one deque, all 64-byte separated) ---- */
+#define DQ_TOP 0        /* int64, written by thieves (CAS) and the owner (CAS) */
+#define DQ_BOTTOM 64    /* int64, written by the owner only */
+#define DQ_MASK 128     /* uint64, capacity - 1, written once at init */
+#define DQ_RING 192     /* uint64 ring[capacity] */
+
+/* ---- MPMC ring header ---- */
+#define Q_ENQ 0         /* uint64 enqueue position */
+#define Q_DEQ 64        /* uint64 dequeue position */
+#define Q_MASK 128      /* uint64 capacity - 1 */
+#define Q_SLOTS 192     /* {uint64 seq; uint64 value}[capacity] */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base;
+    Py_ssize_t len;
+    int has_view;
+} Shared;
+
+/* ------------------------------------------------------------------ */
+/* helpers                                                             */
+
+static int
+get_order(PyObject *o, memory_order *out)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    switch (v) {
+    case ORD_RELAXED: *out = memory_order_relaxed; return 0;
+    case ORD_CONSUME: *out = memory_order_consume; return 0;
+    case ORD_ACQUIRE: *out = memory_order_acquire; return 0;
+    case ORD_RELEASE: *out = memory_order_release; return 0;
+    case ORD_ACQ_REL: *out = memory_order_acq_rel; return 0;
+    case ORD_SEQ_CST: *out = memory_order_seq_cst; return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "unknown memory order %ld", v);
+    return -1;
+}
+
+static inline int
+check_live(Shared *s)
+{
+    if (!s->has_view) {
+        PyErr_SetString(PyExc_ValueError, "Shared object was released");
+        return -1;
+    }
+    return 0;
+}
+
+/* Address of a `size`-byte word at `off`, checked for bounds and alignment. */
+static void *
+addr(Shared *s, PyObject *offobj, Py_ssize_t size)
+{
+    if (check_live(s) < 0)
+        return NULL;
+    Py_ssize_t off = PyLong_AsSsize_t(offobj);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    if (off < 0 || off > s->len - size) {
+        PyErr_Format(PyExc_IndexError, "offset %zd out of range for a %zd-byte buffer", off, s->len);
+        return NULL;
+    }
+    if (off % size) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not %zd-byte aligned", off, size);
+        return NULL;
+    }
+    return s->base + off;
+}
+
+/* Address of a region [off, off+size) of raw bytes, checked for bounds. */
+static char *
+span(Shared *s, Py_ssize_t off, Py_ssize_t size)
+{
+    if (check_live(s) < 0)
+        return NULL;
+    if (off < 0 || size < 0 || off > s->len - size) {
+        PyErr_Format(PyExc_IndexError, "span [%zd, %zd) out of range for a %zd-byte buffer",
+                     off, off + size, s->len);
+        return NULL;
+    }
+    return s->base + off;
+}
+
+#define NARGS(n, name)                                                       \
+    if (nargs < (n)) {                                                       \
+        PyErr_Format(PyExc_TypeError, name "() takes at least %d arguments", (n)); \
+        return NULL;                                                         \
+    }
+
+static int
+order_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i, memory_order *o)
+{
+    if (nargs <= i) {
+        *o = memory_order_seq_cst;
+        return 0;
+    }
+    return get_order(args[i], o);
+}
+
+static int
+as_u64(PyObject *o, uint64_t *out)
+{
+    /* Accept any int in [-2**63, 2**64): negative values wrap, as in C. */
+    unsigned long long v = PyLong_AsUnsignedLongLongMask(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Shared object                                                       */
+
+static int
+Shared_init(Shared *self, PyObject *args, PyObject *kw)
+{
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O:Shared", &obj))
+        return -1;
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+    }
+    if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (((uintptr_t)self->view.buf) % 64) {
+        PyBuffer_Release(&self->view);
+        PyErr_SetString(PyExc_ValueError, "buffer must be 64-byte aligned (use mmap)");
+        return -1;
+    }
+    self->base = self->view.buf;
+    self->len = self->view.len;
+    self->has_view = 1;
+    return 0;
+}
+
+static void
+Shared_dealloc(Shared *self)
+{
+    if (self->has_view)
+        PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Shared_release(Shared *self, PyObject *unused)
+{
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+        self->base = NULL;
+        self->len = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- 1. generic atomics --------------------------------------------- */
+
+static PyObject *
+S_load32(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "load32");
+    memory_order o;
+    a32 *p = addr(s, args[0], 4);
+    if (!p || order_arg(args, nargs, 1, &o) < 0)
+        return NULL;
+    if (o == memory_order_release || o == memory_order_acq_rel)
+        return PyErr_Format(PyExc_ValueError, "invalid memory order for a load");
+    return PyLong_FromUnsignedLong(atomic_load_explicit(p, o));
+}
+
+static PyObject *
+S_load64(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "load64");
+    memory_order o;
+    a64 *p = addr(s, args[0], 8);
+    if (!p || order_arg(args, nargs, 1, &o) < 0)
+        return NULL;
+    if (o == memory_order_release || o == memory_order_acq_rel)
+        return PyErr_Format(PyExc_ValueError, "invalid memory order for a load");
+    return PyLong_FromUnsignedLongLong(atomic_load_explicit(p, o));
+}
+
+static PyObject *
+S_store32(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "store32");
+    memory_order o;
+    uint64_t v;
+    a32 *p = addr(s, args[0], 4);
+    if (!p || as_u64(args[1], &v) < 0 || order_arg(args, nargs, 2, &o) < 0)
+        return NULL;
+    if (o == memory_order_acquire || o == memory_order_consume || o == memory_order_acq_rel)
+        return PyErr_Format(PyExc_ValueError, "invalid memory order for a store");
+    atomic_store_explicit(p, (uint32_t)v, o);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+S_store64(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "store64");
+    memory_order o;
+    uint64_t v;
+    a64 *p = addr(s, args[0], 8);
+    if (!p || as_u64(args[1], &v) < 0 || order_arg(args, nargs, 2, &o) < 0)
+        return NULL;
+    if (o == memory_order_acquire || o == memory_order_consume || o == memory_order_acq_rel)
+        return PyErr_Format(PyExc_ValueError, "invalid memory order for a store");
+    atomic_store_explicit(p, v, o);
+    Py_RETURN_NONE;
+}
+
+/* cas32/cas64(off, expected, desired, order=SEQ_CST) -> (ok, observed).
+ * The failure order is derived from the success order (C11 forbids a
+ * failure order stronger than success, and release/acq_rel on a load). */
+static memory_order
+failure_order(memory_order o)
+{
+    if (o == memory_order_acq_rel)
+        return memory_order_acquire;
+    if (o == memory_order_release)
+        return memory_order_relaxed;
+    return o;
+}
+
+static PyObject *
+S_cas32(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "cas32");
+    memory_order o;
+    uint64_t e, d;
+    a32 *p = addr(s, args[0], 4);
+    if (!p || as_u64(args[1], &e) < 0 || as_u64(args[2], &d) < 0 || order_arg(args, nargs, 3, &o) < 0)
+        return NULL;
+    uint32_t exp = (uint32_t)e;
+    int ok = atomic_compare_exchange_strong_explicit(p, &exp, (uint32_t)d, o, failure_order(o));
+    return Py_BuildValue("(Ok)", ok ? Py_True : Py_False, (unsigned long)exp);
+}
+
+static PyObject *
+S_cas64(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "cas64");
+    memory_order o;
+    uint64_t e, d;
+    a64 *p = addr(s, args[0], 8);
+    if (!p || as_u64(args[1], &e) < 0 || as_u64(args[2], &d) < 0 || order_arg(args, nargs, 3, &o) < 0)
+        return NULL;
+    int ok = atomic_compare_exchange_strong_explicit(p, &e, d, o, failure_order(o));
+    return Py_BuildValue("(OK)", ok ? Py_True : Py_False, (unsigned long long)e);
+}
+
+static PyObject *
+S_fetch_add32(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "fetch_add32");
+    memory_order o;
+    uint64_t v;
+    a32 *p = addr(s, args[0], 4);
+    if (!p || as_u64(args[1], &v) < 0 || order_arg(args, nargs, 2, &o) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(atomic_fetch_add_explicit(p, (uint32_t)v, o));
+}
+
+static PyObject *
+S_fetch_add64(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "fetch_add64");
+    memory_order o;
+    uint64_t v;
+    a64 *p = addr(s, args[0], 8);
+    if (!p || as_u64(args[1], &v) < 0 || order_arg(args, nargs, 2, &o) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(atomic_fetch_add_explicit(p, v, o));
+}
+
+static PyObject *
+S_exchange32(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "exchange32");
+    memory_order o;
+    uint64_t v;
+    a32 *p = addr(s, args[0], 4);
+    if (!p || as_u64(args[1], &v) < 0 || order_arg(args, nargs, 2, &o) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(atomic_exchange_explicit(p, (uint32_t)v, o));
+}
+
+static PyObject *
+S_exchange64(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "exchange64");
+    memory_order o;
+    uint64_t v;
+    a64 *p = addr(s, args[0], 8);
+    if (!p || as_u64(args[1], &v) < 0 || order_arg(args, nargs, 2, &o) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(atomic_exchange_explicit(p, v, o));
+}
+
+static PyObject *
+M_fence(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    memory_order o;
+    if (order_arg(args, nargs, 0, &o) < 0)
+        return NULL;
+    atomic_thread_fence(o);
+    Py_RETURN_NONE;
+}
+
+/* ---- 2. futex ----------------------------------------------------------- */
+
+static long
+futex(a32 *uaddr, int op, uint32_t val, const struct timespec *ts)
+{
+    /* Not FUTEX_PRIVATE_FLAG: waiters and wakers are different processes. */
+    return syscall(SYS_futex, (uint32_t *)uaddr, op, val, ts, NULL, 0);
+}
+
+static int
+futex_wake_n(a32 *p, int n)
+{
+    long r = futex(p, FUTEX_WAKE, (uint32_t)n, NULL);
+    return r < 0 ? 0 : (int)r;
+}
+
+/* futex_wait(off, expected, timeout=None) -> 0 woken (or spurious),
+ * 1 the word was not `expected`, 2 timed out.  Returns early on a signal
+ * after running Python's signal handlers (so Ctrl-C raises). */
+enum { FW_WOKEN = 0, FW_CHANGED = 1, FW_TIMEOUT = 2 };
+
+static PyObject *
+S_futex_wait(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "futex_wait");
+    uint64_t e;
+    a32 *p = addr(s, args[0], 4);
+    if (!p || as_u64(args[1], &e) < 0)
+        return NULL;
+    struct timespec ts, *tsp = NULL;
+    if (nargs > 2 && args[2] != Py_None) {
+        double t = PyFloat_AsDouble(args[2]);
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (t < 0)
+            t = 0;
+        ts.tv_sec = (time_t)t;
+        ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+        tsp = &ts;
+    }
+    long r;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    r = futex(p, FUTEX_WAIT, (uint32_t)e, tsp);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (r == 0)
+        return PyLong_FromLong(FW_WOKEN);
+    if (err == EAGAIN)
+        return PyLong_FromLong(FW_CHANGED);
+    if (err == ETIMEDOUT)
+        return PyLong_FromLong(FW_TIMEOUT);
+    if (err == EINTR) {
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+        return PyLong_FromLong(FW_WOKEN);  /* spurious: callers re-check */
+    }
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static PyObject *
+S_futex_wake(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "futex_wake");
+    a32 *p = addr(s, args[0], 4);
+    if (!p)
+        return NULL;
+    long n = INT32_MAX;
+    if (nargs > 1 && (n = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(futex_wake_n(p, (int)n));
+}
+
+/* ---- 3. Chase-Lev deque ----------------------------------------------- */
+
+static PyObject *
+S_deque_init(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "deque_init");
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (cap < 2 || (cap & (cap - 1)))
+        return PyErr_Format(PyExc_ValueError, "deque capacity must be a power of two >= 2");
+    if (off % 64)
+        return PyErr_Format(PyExc_ValueError, "deque offset must be 64-byte aligned");
+    char *b = span(s, off, DQ_RING + 8 * cap);
+    if (!b)
+        return NULL;
+    memset(b, 0, DQ_RING + 8 * cap);
+    atomic_store_explicit((a64 *)(b + DQ_MASK), (uint64_t)(cap - 1), memory_order_relaxed);
+    atomic_store_explicit((ai64 *)(b + DQ_TOP), 0, memory_order_relaxed);
+    /* Release: a process that reads the deque after acquiring the region's
+     * "ready" flag sees the initialised header. */
+    atomic_store_explicit((ai64 *)(b + DQ_BOTTOM), 0, memory_order_release);
+    Py_RETURN_NONE;
+}
+
+static char *
+deque_at(Shared *s, PyObject *offobj, uint64_t *mask)
+{
+    if (check_live(s) < 0)
+        return NULL;
+    Py_ssize_t off = PyLong_AsSsize_t(offobj);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    char *b = span(s, off, DQ_RING + 8);
+    if (!b)
+        return NULL;
+    if (off % 64) {
+        PyErr_Format(PyExc_ValueError, "deque offset must be 64-byte aligned");
+        return NULL;
+    }
+    /* Relaxed: the mask is written once before the region is published. */
+    *mask = atomic_load_explicit((a64 *)(b + DQ_MASK), memory_order_relaxed);
+    if (!span(s, off, DQ_RING + 8 * (Py_ssize_t)(*mask + 1)))
+        return NULL;
+    return b;
+}
+
+/* Owner only.  Returns 1 if pushed, 0 if the ring is full (caller spills). */
+static inline int
+cl_push(char *b, uint64_t mask, uint64_t x)
+{
+    ai64 *top = (ai64 *)(b + DQ_TOP), *bottom = (ai64 *)(b + DQ_BOTTOM);
+    a64 *ring = (a64 *)(b + DQ_RING);
+    /* Relaxed: only the owner writes bottom. */
+    int64_t bt = atomic_load_explicit(bottom, memory_order_relaxed);
+    /* Acquire: pairs with the thieves' CAS on top, so the slot they emptied
+     * is really free before we overwrite it. */
+    int64_t t = atomic_load_explicit(top, memory_order_acquire);
+    if (bt - t > (int64_t)mask)
+        return 0;
+    /* Relaxed element store, published by the release fence below. */
+    atomic_store_explicit(&ring[bt & mask], x, memory_order_relaxed);
+    /* Release fence: the element is visible before the new bottom. */
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(bottom, bt + 1, memory_order_relaxed);
+    return 1;
+}
+
+/* Owner only.  Returns the ref, or R_EMPTY. */
+static inline int64_t
+cl_pop(char *b, uint64_t mask)
+{
+    ai64 *top = (ai64 *)(b + DQ_TOP), *bottom = (ai64 *)(b + DQ_BOTTOM);
+    a64 *ring = (a64 *)(b + DQ_RING);
+    int64_t bt = atomic_load_explicit(bottom, memory_order_relaxed) - 1;
+    atomic_store_explicit(bottom, bt, memory_order_relaxed);
+    /* SeqCst fence: orders our store to bottom before the load of top,
+     * against the thieves' fence between their loads of top and bottom
+     * (the store-load ordering Chase-Lev depends on). */
+    atomic_thread_fence(memory_order_seq_cst);
+    int64_t t = atomic_load_explicit(top, memory_order_relaxed);
+    int64_t x = R_EMPTY;
+    if (t <= bt) {
+        x = (int64_t)atomic_load_explicit(&ring[bt & mask], memory_order_relaxed);
+        if (t == bt) {
+            /* Last element: race the thieves for it.  SeqCst on success,
+             * relaxed on failure (we then just restore bottom). */
+            if (!atomic_compare_exchange_strong_explicit(top, &t, t + 1, memory_order_seq_cst,
+                                                         memory_order_relaxed))
+                x = R_EMPTY;
+            atomic_store_explicit(bottom, bt + 1, memory_order_relaxed);
+        }
+    } else {
+        atomic_store_explicit(bottom, bt + 1, memory_order_relaxed);
+    }
+    return x;
+}
+
+/* Any process.  Returns the ref, R_EMPTY, or R_RETRY (lost a race). */
+static inline int64_t
+cl_steal(char *b, uint64_t mask)
+{
+    ai64 *top = (ai64 *)(b + DQ_TOP), *bottom = (ai64 *)(b + DQ_BOTTOM);
+    a64 *ring = (a64 *)(b + DQ_RING);
+    /* Acquire: pairs with the CAS of other thieves / the owner on top. */
+    int64_t t = atomic_load_explicit(top, memory_order_acquire);
+    /* SeqCst fence: pairs with the owner's fence in pop. */
+    atomic_thread_fence(memory_order_seq_cst);
+    /* Acquire: pairs with the owner's release fence in push, so the element
+     * at ring[t] is visible. */
+    int64_t bt = atomic_load_explicit(bottom, memory_order_acquire);
+    if (t >= bt)
+        return R_EMPTY;
+    int64_t x = (int64_t)atomic_load_explicit(&ring[t & mask], memory_order_relaxed);
+    /* SeqCst: claims the element; failure means another thief or the owner
+     * took it first. */
+    if (!atomic_compare_exchange_strong_explicit(top, &t, t + 1, memory_order_seq_cst,
+                                                 memory_order_relaxed))
+        return R_RETRY;
+    return x;
+}
+
+static PyObject *
+S_deque_push(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "deque_push");
+    uint64_t mask, x;
+    char *b = deque_at(s, args[0], &mask);
+    if (!b || as_u64(args[1], &x) < 0)
+        return NULL;
+    if ((int64_t)x <= 0)
+        return PyErr_Format(PyExc_ValueError, "deque items must be positive 63-bit ints");
+    return PyBool_FromLong(cl_push(b, mask, x));
+}
+
+static PyObject *
+S_deque_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "deque_pop");
+    uint64_t mask;
+    char *b = deque_at(s, args[0], &mask);
+    if (!b)
+        return NULL;
+    return PyLong_FromLongLong(cl_pop(b, mask));
+}
+
+static PyObject *
+S_deque_steal(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "deque_steal");
+    uint64_t mask;
+    char *b = deque_at(s, args[0], &mask);
+    if (!b)
+        return NULL;
+    return PyLong_FromLongLong(cl_steal(b, mask));
+}
+
+static PyObject *
+S_deque_len(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "deque_len");
+    uint64_t mask;
+    char *b = deque_at(s, args[0], &mask);
+    if (!b)
+        return NULL;
+    /* Relaxed/acquire snapshot: only a hint (racy by nature). */
+    int64_t t = atomic_load_explicit((ai64 *)(b + DQ_TOP), memory_order_acquire);
+    int64_t bt = atomic_load_explicit((ai64 *)(b + DQ_BOTTOM), memory_order_acquire);
+    return PyLong_FromLongLong(bt > t ? bt - t : 0);
+}
+
+/* ---- 4. Vyukov bounded MPMC ring ----------------------------------------- */
+
+static PyObject *
+S_queue_init(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "queue_init");
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (cap < 2 || (cap & (cap - 1)))
+        return PyErr_Format(PyExc_ValueError, "queue capacity must be a power of two >= 2");
+    if (off % 64)
+        return PyErr_Format(PyExc_ValueError, "queue offset must be 64-byte aligned");
+    char *b = span(s, off, Q_SLOTS + 16 * cap);
+    if (!b)
+        return NULL;
+    memset(b, 0, Q_SLOTS);
+    a64 *slots = (a64 *)(b + Q_SLOTS);
+    for (Py_ssize_t i = 0; i < cap; i++) {
+        /* Relaxed: published together with the header below. */
+        atomic_store_explicit(&slots[2 * i], (uint64_t)i, memory_order_relaxed);
+        atomic_store_explicit(&slots[2 * i + 1], 0, memory_order_relaxed);
+    }
+    atomic_store_explicit((a64 *)(b + Q_MASK), (uint64_t)(cap - 1), memory_order_relaxed);
+    atomic_store_explicit((a64 *)(b + Q_DEQ), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(b + Q_ENQ), 0, memory_order_release);
+    Py_RETURN_NONE;
+}
+
+static char *
+queue_at(Shared *s, PyObject *offobj, uint64_t *mask)
+{
+    if (check_live(s) < 0)
+        return NULL;
+    Py_ssize_t off = PyLong_AsSsize_t(offobj);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    char *b = span(s, off, Q_SLOTS + 16);
+    if (!b)
+        return NULL;
+    if (off % 64) {
+        PyErr_Format(PyExc_ValueError, "queue offset must be 64-byte aligned");
+        return NULL;
+    }
+    *mask = atomic_load_explicit((a64 *)(b + Q_MASK), memory_order_relaxed);
+    if (!span(s, off, Q_SLOTS + 16 * (Py_ssize_t)(*mask + 1)))
+        return NULL;
+    return b;
+}
+
+/* Returns 1 if pushed, 0 if full. */
+static inline int
+mq_push(char *b, uint64_t mask, uint64_t x)
+{
+    a64 *enq = (a64 *)(b + Q_ENQ);
+    a64 *slots = (a64 *)(b + Q_SLOTS);
+    /* Relaxed: the position is only a guess, validated by the slot's seq. */
+    uint64_t pos = atomic_load_explicit(enq, memory_order_relaxed);
+    for (;;) {
+        a64 *slot = &slots[2 * (pos & mask)];
+        /* Acquire: pairs with the consumer's release of seq, so the slot's
+         * previous value has been read before we overwrite it. */
+        uint64_t seq = atomic_load_explicit(slot, memory_order_acquire);
+        int64_t dif = (int64_t)(seq - pos);
+        if (dif == 0) {
+            /* Relaxed CAS: it only claims the position; the data is
+             * published by the release store of seq below. */
+            if (atomic_compare_exchange_weak_explicit(enq, &pos, pos + 1, memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                atomic_store_explicit(slot + 1, x, memory_order_relaxed);
+                /* Release: publishes the value to the consumer's acquire. */
+                atomic_store_explicit(slot, pos + 1, memory_order_release);
+                return 1;
+            }
+        } else if (dif < 0) {
+            return 0;
+        } else {
+            pos = atomic_load_explicit(enq, memory_order_relaxed);
+        }
+    }
+}
+
+/* Returns the value, or R_EMPTY. */
+static inline int64_t
+mq_pop(char *b, uint64_t mask)
+{
+    a64 *deq = (a64 *)(b + Q_DEQ);
+    a64 *slots = (a64 *)(b + Q_SLOTS);
+    uint64_t pos = atomic_load_explicit(deq, memory_order_relaxed);
+    for (;;) {
+        a64 *slot = &slots[2 * (pos & mask)];
+        /* Acquire: pairs with the producer's release of seq (value visible). */
+        uint64_t seq = atomic_load_explicit(slot, memory_order_acquire);
+        int64_t dif = (int64_t)(seq - (pos + 1));
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(deq, &pos, pos + 1, memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                uint64_t x = atomic_load_explicit(slot + 1, memory_order_relaxed);
+                /* Release: the slot is free for the producer one lap later. */
+                atomic_store_explicit(slot, pos + mask + 1, memory_order_release);
+                return (int64_t)x;
+            }
+        } else if (dif < 0) {
+            return R_EMPTY;
+        } else {
+            pos = atomic_load_explicit(deq, memory_order_relaxed);
+        }
+    }
+}
+
+static PyObject *
+S_queue_push(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "queue_push");
+    uint64_t mask, x;
+    char *b = queue_at(s, args[0], &mask);
+    if (!b || as_u64(args[1], &x) < 0)
+        return NULL;
+    if ((int64_t)x <= 0)
+        return PyErr_Format(PyExc_ValueError, "queue items must be positive 63-bit ints");
+    return PyBool_FromLong(mq_push(b, mask, x));
+}
+
+static PyObject *
+S_queue_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "queue_pop");
+    uint64_t mask;
+    char *b = queue_at(s, args[0], &mask);
+    if (!b)
+        return NULL;
+    return PyLong_FromLongLong(mq_pop(b, mask));
+}
+
+/* queue_pop_many(off, max) -> list of values (possibly empty). */
+static PyObject *
+S_queue_pop_many(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "queue_pop_many");
+    uint64_t mask;
+    char *b = queue_at(s, args[0], &mask);
+    if (!b)
+        return NULL;
+    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
+    if (max == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    for (Py_ssize_t i = 0; i < max; i++) {
+        int64_t x = mq_pop(b, mask);
+        if (x == R_EMPTY)
+            break;
+        PyObject *v = PyLong_FromLongLong(x);
+        if (!v || PyList_Append(out, v) < 0) {
+            /* The popped values would be lost: this only happens on
+             * MemoryError, where the runtime cannot go on anyway. */
+            Py_XDECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return out;
+}
+
+static PyObject *
+S_queue_len(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "queue_len");
+    uint64_t mask;
+    char *b = queue_at(s, args[0], &mask);
+    if (!b)
+        return NULL;
+    /* Acquire snapshot; a hint only. */
+    uint64_t d = atomic_load_explicit((a64 *)(b + Q_DEQ), memory_order_acquire);
+    uint64_t e = atomic_load_explicit((a64 *)(b + Q_ENQ), memory_order_acquire);
+    return PyLong_FromLongLong(e > d ? (long long)(e - d) : 0);
+}
+
+/* ---- 5. Treiber stack with tagged head ----------------------------------
+ * head (64-bit) = tag << 32 | (index + 1); 0 = empty.  Nodes are
+ * `stride`-byte records from `base`; each has a 64-bit link at `link`.
+ * The tag changes on every successful pop and push, so a head that was
+ * popped and pushed back between our load and our CAS (ABA) fails the CAS.
+ * A stale link read from a node that another process just popped is
+ * harmless: the CAS then fails and we retry. */
+
+typedef struct {
+    a64 *head;
+    char *base;
+    Py_ssize_t stride, link, count;
+} Stack;
+
+static int
+stack_args(Shared *s, PyObject *const *args, Stack *st)
+{
+    Py_ssize_t head = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]);
+    st->stride = PyLong_AsSsize_t(args[2]);
+    st->link = PyLong_AsSsize_t(args[3]);
+    st->count = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return -1;
+    if (head % 8 || base % 8 || st->stride % 8 || st->link % 8 || st->stride <= 0 ||
+        st->link < 0 || st->link + 8 > st->stride || st->count <= 0 || st->count >= UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "bad stack geometry");
+        return -1;
+    }
+    if (!(st->head = (a64 *)span(s, head, 8)))
+        return -1;
+    if (!(st->base = span(s, base, st->stride * st->count)))
+        return -1;
+    return 0;
+}
+
+/* stack_push(head, base, stride, link, count, index) */
+static PyObject *
+S_stack_push(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(6, "stack_push");
+    Stack st;
+    if (stack_args(s, args, &st) < 0)
+        return NULL;
+    Py_ssize_t idx = PyLong_AsSsize_t(args[5]);
+    if (idx == -1 && PyErr_Occurred())
+        return NULL;
+    if (idx < 0 || idx >= st.count)
+        return PyErr_Format(PyExc_IndexError, "stack index %zd out of range", idx);
+    a64 *link = (a64 *)(st.base + idx * st.stride + st.link);
+    /* Relaxed: validated by the CAS. */
+    uint64_t h = atomic_load_explicit(st.head, memory_order_relaxed);
+    for (;;) {
+        /* Relaxed link store, published by the release CAS. */
+        atomic_store_explicit(link, h & 0xffffffffu, memory_order_relaxed);
+        uint64_t nh = ((((h >> 32) + 1) & 0xffffffffu) << 32) | (uint64_t)(idx + 1);
+        /* Release: the node's contents (and everything the pusher wrote to
+         * the record before freeing it) happen-before the next pop. */
+        if (atomic_compare_exchange_weak_explicit(st.head, &h, nh, memory_order_release,
+                                                  memory_order_relaxed))
+            Py_RETURN_NONE;
+    }
+}
+
+/* stack_pop(head, base, stride, link, count) -> index or -1 when empty */
+static PyObject *
+S_stack_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(5, "stack_pop");
+    Stack st;
+    if (stack_args(s, args, &st) < 0)
+        return NULL;
+    /* Acquire: pairs with the release CAS of the push that put it there. */
+    uint64_t h = atomic_load_explicit(st.head, memory_order_acquire);
+    for (;;) {
+        uint64_t top = h & 0xffffffffu;
+        if (top == 0)
+            return PyLong_FromLong(-1);
+        if (top > (uint64_t)st.count)
+            return PyErr_Format(PyExc_RuntimeError, "corrupt free list head %llu", (unsigned long long)h);
+        a64 *link = (a64 *)(st.base + (top - 1) * st.stride + st.link);
+        uint64_t next = atomic_load_explicit(link, memory_order_relaxed) & 0xffffffffu;
+        uint64_t nh = ((((h >> 32) + 1) & 0xffffffffu) << 32) | next;
+        /* Acquire on success: we own the node and see its last owner's
+         * writes.  Acquire on failure too: the reloaded head's link is
+         * read next and must be the one its pusher published. */
+        if (atomic_compare_exchange_weak_explicit(st.head, &h, nh, memory_order_acquire,
+                                                  memory_order_acquire))
+            return PyLong_FromSsize_t((Py_ssize_t)top - 1);
+    }
+}
+
+/* ---- 6. waking a sleeper -------------------------------------------------
+ * notify(sleepers_off, states_off, stride, count, start) -> index or -1.
+ * Called by whoever published work, after publishing it. */
+static PyObject *
+S_notify(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(5, "notify");
+    a32 *sleepers = addr(s, args[0], 4);
+    if (!sleepers)
+        return NULL;
+    Py_ssize_t states = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t stride = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (count <= 0 || stride % 4 || !span(s, states, stride * (count - 1) + 4) || states % 4)
+        return PyErr_Format(PyExc_ValueError, "bad sleeper table geometry");
+    /* SeqCst fence: orders the publication of the work (before this call)
+     * before the load of the sleeper count, against the sleeper's SeqCst
+     * increment before it re-checks for work.  Either it sees our work or
+     * we see it counted (docs/protocols.md, "no lost wake-up"). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(sleepers, memory_order_relaxed) == 0)
+        return PyLong_FromLong(-1);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t w = (start + i) % count;
+        if (w < 0)
+            w += count;
+        a32 *st = (a32 *)(s->base + states + w * stride);
+        uint32_t v = atomic_load_explicit(st, memory_order_acquire);
+        if (v == ST_SLEEPING || v == ST_SLEEPY) {
+            /* AcqRel: our publication happens-before the sleeper's wake-up. */
+            if (atomic_compare_exchange_strong_explicit(st, &v, ST_NOTIFIED, memory_order_acq_rel,
+                                                        memory_order_acquire)) {
+                if (v == ST_SLEEPING)
+                    futex_wake_n(st, 1);
+                return PyLong_FromSsize_t(w);
+            }
+        }
+    }
+    return PyLong_FromLong(-1);
+}
+
+/* ---- 7. inline codec -------------------------------------------------------
+ * A tuple of small values encoded in a record's inline area:
+ *   u8 count, then per item: u8 tag, payload.
+ * Tags: None, True, False, int64 (8 bytes), float64 (8), str (u16 len +
+ * UTF-8), bytes (u16 len + data).  Anything else, or anything that does not
+ * fit, makes pack_inline return -1 and the caller pickles instead. */
+enum { T_NONE = 1, T_TRUE, T_FALSE, T_INT, T_FLOAT, T_STR, T_BYTES };
+
+static Py_ssize_t
+pack_one(PyObject *o, char *p, char *end)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    if (o == Py_None) {
+        if (p + 1 > end) return -1;
+        *p = T_NONE;
+        return 1;
+    }
+    if (t == &PyBool_Type) {
+        if (p + 1 > end) return -1;
+        *p = o == Py_True ? T_TRUE : T_FALSE;
+        return 1;
+    }
+    if (t == &PyLong_Type) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return -1;
+        }
+        if (p + 9 > end) return -1;
+        *p = T_INT;
+        memcpy(p + 1, &v, 8);
+        return 9;
+    }
+    if (t == &PyFloat_Type) {
+        double v = PyFloat_AS_DOUBLE(o);
+        if (p + 9 > end) return -1;
+        *p = T_FLOAT;
+        memcpy(p + 1, &v, 8);
+        return 9;
+    }
+    if (t == &PyUnicode_Type) {
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(o, &n);
+        if (!u) {  /* lone surrogates: let pickle handle them */
+            PyErr_Clear();
+            return -1;
+        }
+        if (n > 0xffff || p + 3 + n > end) return -1;
+        uint16_t n16 = (uint16_t)n;
+        *p = T_STR;
+        memcpy(p + 1, &n16, 2);
+        memcpy(p + 3, u, n);
+        return 3 + n;
+    }
+    if (t == &PyBytes_Type) {
+        Py_ssize_t n = PyBytes_GET_SIZE(o);
+        if (n > 0xffff || p + 3 + n > end) return -1;
+        uint16_t n16 = (uint16_t)n;
+        *p = T_BYTES;
+        memcpy(p + 1, &n16, 2);
+        memcpy(p + 3, PyBytes_AS_STRING(o), n);
+        return 3 + n;
+    }
+    return -1;
+}
+
+/* pack_inline(off, capacity, seq) -> bytes written, or -1 (not inlinable).
+ * `seq` is a tuple or list.  Writes nothing visible on failure beyond the
+ * scratch area itself.  Plain (non-atomic) memory: the record is published
+ * afterwards by a release operation (the queue push). */
+static PyObject *
+S_pack_inline(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "pack_inline");
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    char *p = span(s, off, cap);
+    if (!p)
+        return NULL;
+    PyObject *seq = args[2];
+    Py_ssize_t n;
+    PyObject **items;
+    if (PyTuple_CheckExact(seq)) {
+        n = PyTuple_GET_SIZE(seq);
+        items = &PyTuple_GET_ITEM(seq, 0);
+    } else if (PyList_CheckExact(seq)) {
+        n = PyList_GET_SIZE(seq);
+        items = &PyList_GET_ITEM(seq, 0);
+    } else {
+        return PyLong_FromLong(-1);
+    }
+    if (n > 255 || cap < 1)
+        return PyLong_FromLong(-1);
+    char *end = p + cap, *q = p + 1;
+    *p = (char)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t w = pack_one(items[i], q, end);
+        if (w < 0)
+            return PyLong_FromLong(-1);
+        q += w;
+    }
+    return PyLong_FromSsize_t(q - p);
+}
+
+/* unpack_inline(off, capacity) -> tuple */
+static PyObject *
+S_unpack_inline(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "unpack_inline");
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    const char *p = span(s, off, cap);
+    if (!p)
+        return NULL;
+    const char *end = p + cap;
+    Py_ssize_t n = (unsigned char)*p++;
+    PyObject *tup = PyTuple_New(n);
+    if (!tup)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = NULL;
+        if (p >= end)
+            goto corrupt;
+        char tag = *p++;
+        switch (tag) {
+        case T_NONE: o = Py_NewRef(Py_None); break;
+        case T_TRUE: o = Py_NewRef(Py_True); break;
+        case T_FALSE: o = Py_NewRef(Py_False); break;
+        case T_INT: {
+            long long v;
+            if (p + 8 > end) goto corrupt;
+            memcpy(&v, p, 8);
+            p += 8;
+            o = PyLong_FromLongLong(v);
+            break;
+        }
+        case T_FLOAT: {
+            double v;
+            if (p + 8 > end) goto corrupt;
+            memcpy(&v, p, 8);
+            p += 8;
+            o = PyFloat_FromDouble(v);
+            break;
+        }
+        case T_STR:
+        case T_BYTES: {
+            uint16_t len;
+            if (p + 2 > end) goto corrupt;
+            memcpy(&len, p, 2);
+            p += 2;
+            if (p + len > end) goto corrupt;
+            o = tag == T_STR ? PyUnicode_DecodeUTF8(p, len, "strict") : PyBytes_FromStringAndSize(p, len);
+            p += len;
+            break;
+        }
+        default:
+            goto corrupt;
+        }
+        if (!o) {
+            Py_DECREF(tup);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tup, i, o);
+    }
+    return tup;
+corrupt:
+    Py_DECREF(tup);
+    return PyErr_Format(PyExc_RuntimeError, "corrupt inline record at offset %zd", off);
+}
+
+/* ---- raw bytes ------------------------------------------------------------ */
+
+/* write_bytes(off, data) : plain copy; published by a later release op. */
+static PyObject *
+S_write_bytes(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "write_bytes");
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    char *p = span(s, off, b.len);
+    if (p)
+        memcpy(p, b.buf, b.len);
+    PyBuffer_Release(&b);
+    if (!p)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+S_read_bytes(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "read_bytes");
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    char *p = span(s, off, n);
+    if (!p)
+        return NULL;
+    return PyBytes_FromStringAndSize(p, n);
+}
+
+static PyObject *
+S_len(Shared *s, void *closure)
+{
+    return PyLong_FromSsize_t(s->has_view ? s->len : 0);
+}
+
+static PyMethodDef Shared_methods[] = {
+    {"release", (PyCFunction)Shared_release, METH_NOARGS, "Release the buffer (idempotent)."},
+    {"load32", (PyCFunction)(void (*)(void))S_load32, METH_FASTCALL, "load32(off, order=SEQ_CST)"},
+    {"load64", (PyCFunction)(void (*)(void))S_load64, METH_FASTCALL, "load64(off, order=SEQ_CST)"},
+    {"store32", (PyCFunction)(void (*)(void))S_store32, METH_FASTCALL, "store32(off, v, order=SEQ_CST)"},
+    {"store64", (PyCFunction)(void (*)(void))S_store64, METH_FASTCALL, "store64(off, v, order=SEQ_CST)"},
+    {"cas32", (PyCFunction)(void (*)(void))S_cas32, METH_FASTCALL, "cas32(off, expected, desired, order=SEQ_CST) -> (ok, observed)"},
+    {"cas64", (PyCFunction)(void (*)(void))S_cas64, METH_FASTCALL, "cas64(off, expected, desired, order=SEQ_CST) -> (ok, observed)"},
+    {"fetch_add32", (PyCFunction)(void (*)(void))S_fetch_add32, METH_FASTCALL, "fetch_add32(off, delta, order=SEQ_CST) -> old"},
+    {"fetch_add64", (PyCFunction)(void (*)(void))S_fetch_add64, METH_FASTCALL, "fetch_add64(off, delta, order=SEQ_CST) -> old"},
+    {"exchange32", (PyCFunction)(void (*)(void))S_exchange32, METH_FASTCALL, "exchange32(off, v, order=SEQ_CST) -> old"},
+    {"exchange64", (PyCFunction)(void (*)(void))S_exchange64, METH_FASTCALL, "exchange64(off, v, order=SEQ_CST) -> old"},
+    {"futex_wait", (PyCFunction)(void (*)(void))S_futex_wait, METH_FASTCALL, "futex_wait(off, expected, timeout=None) -> 0 woken, 1 changed, 2 timeout"},
+    {"futex_wake", (PyCFunction)(void (*)(void))S_futex_wake, METH_FASTCALL, "futex_wake(off, n=all) -> woken"},
+    {"deque_init", (PyCFunction)(void (*)(void))S_deque_init, METH_FASTCALL, "deque_init(off, capacity)"},
+    {"deque_push", (PyCFunction)(void (*)(void))S_deque_push, METH_FASTCALL, "deque_push(off, ref) -> bool (owner)"},
+    {"deque_pop", (PyCFunction)(void (*)(void))S_deque_pop, METH_FASTCALL, "deque_pop(off) -> ref or EMPTY (owner)"},
+    {"deque_steal", (PyCFunction)(void (*)(void))S_deque_steal, METH_FASTCALL, "deque_steal(off) -> ref, EMPTY or RETRY"},
+    {"deque_len", (PyCFunction)(void (*)(void))S_deque_len, METH_FASTCALL, "deque_len(off) -> approximate length"},
+    {"queue_init", (PyCFunction)(void (*)(void))S_queue_init, METH_FASTCALL, "queue_init(off, capacity)"},
+    {"queue_push", (PyCFunction)(void (*)(void))S_queue_push, METH_FASTCALL, "queue_push(off, v) -> bool"},
+    {"queue_pop", (PyCFunction)(void (*)(void))S_queue_pop, METH_FASTCALL, "queue_pop(off) -> v or EMPTY"},
+    {"queue_pop_many", (PyCFunction)(void (*)(void))S_queue_pop_many, METH_FASTCALL, "queue_pop_many(off, max) -> list"},
+    {"queue_len", (PyCFunction)(void (*)(void))S_queue_len, METH_FASTCALL, "queue_len(off) -> approximate length"},
+    {"stack_push", (PyCFunction)(void (*)(void))S_stack_push, METH_FASTCALL, "stack_push(head, base, stride, link, count, index)"},
+    {"stack_pop", (PyCFunction)(void (*)(void))S_stack_pop, METH_FASTCALL, "stack_pop(head, base, stride, link, count) -> index or -1"},
+    {"notify", (PyCFunction)(void (*)(void))S_notify, METH_FASTCALL, "notify(sleepers, states, stride, count, start) -> woken index or -1"},
+    {"pack_inline", (PyCFunction)(void (*)(void))S_pack_inline, METH_FASTCALL, "pack_inline(off, cap, seq) -> nbytes or -1"},
+    {"unpack_inline", (PyCFunction)(void (*)(void))S_unpack_inline, METH_FASTCALL, "unpack_inline(off, cap) -> tuple"},
+    {"write_bytes", (PyCFunction)(void (*)(void))S_write_bytes, METH_FASTCALL, "write_bytes(off, data)"},
+    {"read_bytes", (PyCFunction)(void (*)(void))S_read_bytes, METH_FASTCALL, "read_bytes(off, n) -> bytes"},
+    {NULL},
+};
+
+static PyGetSetDef Shared_getset[] = {
+    {"nbytes", (getter)S_len, NULL, "size of the buffer in bytes (0 once released)", NULL},
+    {NULL},
+};
+
+static PyTypeObject SharedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "penny._core.Shared",
+    .tp_basicsize = sizeof(Shared),
+    .tp_dealloc = (destructor)Shared_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Shared(buffer): atomics, futexes and lock-free structures on a writable, 64-byte aligned buffer.",
+    .tp_methods = Shared_methods,
+    .tp_getset = Shared_getset,
+    .tp_init = (initproc)Shared_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyMethodDef module_methods[] = {
+    {"fence", (PyCFunction)(void (*)(void))M_fence, METH_FASTCALL, "fence(order=SEQ_CST)"},
+    {NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "penny._core",
+    "Atomics, futexes, Chase-Lev deque, MPMC ring, Treiber stack and inline codec on shared buffers.",
+    -1, module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    if (PyType_Ready(&SharedType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m)
+        return NULL;
+    Py_INCREF(&SharedType);
+    if (PyModule_AddObject(m, "Shared", (PyObject *)&SharedType) < 0)
+        return NULL;
+    PyModule_AddIntConstant(m, "RELAXED", ORD_RELAXED);
+    PyModule_AddIntConstant(m, "CONSUME", ORD_CONSUME);
+    PyModule_AddIntConstant(m, "ACQUIRE", ORD_ACQUIRE);
+    PyModule_AddIntConstant(m, "RELEASE", ORD_RELEASE);
+    PyModule_AddIntConstant(m, "ACQ_REL", ORD_ACQ_REL);
+    PyModule_AddIntConstant(m, "SEQ_CST", ORD_SEQ_CST);
+    PyModule_AddIntConstant(m, "EMPTY", R_EMPTY);
+    PyModule_AddIntConstant(m, "RETRY", R_RETRY);
+    PyModule_AddIntConstant(m, "AWAKE", ST_AWAKE);
+    PyModule_AddIntConstant(m, "SLEEPY", ST_SLEEPY);
+    PyModule_AddIntConstant(m, "SLEEPING", ST_SLEEPING);
+    PyModule_AddIntConstant(m, "NOTIFIED", ST_NOTIFIED);
+    PyModule_AddIntConstant(m, "FUTEX_WOKEN", FW_WOKEN);
+    PyModule_AddIntConstant(m, "FUTEX_CHANGED", FW_CHANGED);
+    PyModule_AddIntConstant(m, "FUTEX_TIMEOUT", FW_TIMEOUT);
+    PyModule_AddIntConstant(m, "DEQUE_HEADER", DQ_RING);
+    PyModule_AddIntConstant(m, "DEQUE_TOP", DQ_TOP);
+    PyModule_AddIntConstant(m, "DEQUE_BOTTOM", DQ_BOTTOM);
+    PyModule_AddIntConstant(m, "QUEUE_HEADER", Q_SLOTS);
+    return m;
+}

@@ -1,0 +1,44 @@
+"""Tuning knobs, one place, each with the reason for its default.
+
+Tests shrink some of these (a tiny deque to reach the wrap-around and spill
+paths); nothing else in the package hard-codes a size or a spin count.
+"""
+
+#: Slots in each worker's Chase-Lev ring.  A full deque spills to the global
+#: queue, so this bounds nothing but the spill rate; 1024 refs are 8 KiB.
+DEQUE_CAPACITY = 1024
+
+#: Task records in the shared table (128 bytes each: 8 MiB).  Submissions
+#: beyond this wait in a main-process backlog until records are recycled, so
+#: it caps tasks *in flight*, not tasks submitted.  The global queue and the
+#: completion queue have as many slots, so neither can ever be full.
+TASK_CAPACITY = 1 << 16
+
+#: Bytes of the data arena (pickled arguments and results that do not fit
+#: inline).  The region is a sparse memfd: untouched pages cost nothing.
+ARENA_SIZE = 256 << 20
+
+#: Entries of the shared directory of functions registered by name.
+FUNCTION_SLOTS = 4096
+
+#: Polls of the queues before a worker announces itself as a sleeper.  On a
+#: 2-core VM a wake-up costs ~20 us and an unbounded spin steals the core the
+#: work is waiting for, so the spin is short and yields the CPU.
+SPIN_ROUNDS = 64
+
+#: How long a parked worker sleeps before it re-checks that its parent
+#: process is alive (seconds).  Workers exit within about this long after
+#: the main process is killed.
+PARK_TIMEOUT = 0.25
+
+#: At most this many refs are moved from the global queue into a worker's own
+#: deque in one go (where other workers can steal them).  Batching keeps the
+#: global queue's head line from bouncing on every task.
+INJECTOR_BATCH = 32
+
+#: Counters are copied from a worker's locals into shared memory every this
+#: many tasks (and whenever the worker goes idle).
+STATS_FLUSH_EVERY = 256
+
+#: Seconds a shutdown waits for a worker to exit before terminating it.
+JOIN_TIMEOUT = 5.0

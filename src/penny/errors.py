@@ -1,0 +1,51 @@
+"""Penny's exceptions.  Every message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class PennyError(Exception):
+    """Base class of all Penny errors."""
+
+
+class UnknownFunctionError(PennyError, LookupError):
+    """A task named a function id that is not in the scheduler's table."""
+
+
+class NotImportableError(PennyError, TypeError):
+    """A function cannot be named by module and qualified name in a worker."""
+
+
+class WorkerCrashedError(PennyError):
+    """The worker process running a task died (signal or exit code in the message)."""
+
+
+class TaskError(PennyError):
+    """A task failed and its exception could not be sent back as itself.
+
+    `remote_type` is the qualified name of the original exception type and
+    `remote_traceback` the worker's formatted traceback.
+    """
+
+    def __init__(self, message: str, remote_type: str = "", remote_traceback: str = ""):
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.remote_type, self.remote_traceback))
+
+
+class SchedulerClosedError(PennyError, RuntimeError):
+    """The scheduler was shut down; it accepts no new tasks."""
+
+
+class RemoteTraceback(Exception):
+    """Attached as ``__cause__`` of an exception re-raised from a worker, so the
+    worker's traceback prints after the local one (as concurrent.futures does)."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb

@@ -1,0 +1,230 @@
+"""Every offset and size of a scheduler's shared region, in one place.
+
+The region is one memfd mapping shared by the main process and its workers::
+
+    +--------------------------------------------------------------+  0
+    | header: magic, version, sizes, main pid, flags, sleeper      |
+    |         counts, collector word, counters, free-list heads    |
+    +--------------------------------------------------------------+  header_size
+    | worker 0 slice: state word (futex), id, pid, current task,   |
+    |                 stats line, Chase-Lev deque (top | bottom |  |
+    |                 mask | ring[DEQUE_CAPACITY])                 |
+    | worker 1 slice ...                                           |
+    +--------------------------------------------------------------+  injector
+    | global injection queue: Vyukov MPMC ring[TASK_CAPACITY]      |
+    +--------------------------------------------------------------+  completions
+    | completion queue (workers -> main): MPMC ring[TASK_CAPACITY] |
+    +--------------------------------------------------------------+  tasks
+    | task table: TASK_CAPACITY records of RECORD_SIZE bytes       |
+    +--------------------------------------------------------------+  functions
+    | function directory: FUNCTION_SLOTS x "module:qualname"       |
+    +--------------------------------------------------------------+  arena
+    | data arena: power-of-two blocks (pickled args and results)   |
+    +--------------------------------------------------------------+  size
+
+Every hot word sits on its own 64-byte cache line.  The C core knows the
+inner layout of its own structures (deque, ring, stack) and nothing else;
+everything it is told about where they are comes from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _core
+
+MAGIC = 0x59_4E_4E_45_50_0A_0D_01  # b"\x01\r\n\nPENNY" little-endian-ish; fixed
+VERSION = 1
+LINE = 64
+
+# ---- header fields (byte offsets from 0) ----
+H_MAGIC = 0            # u64
+H_VERSION = 8          # u32
+H_WORKERS = 12         # u32
+H_SIZE = 16            # u64 total region size
+H_TASKS = 24           # u32 task capacity
+H_DEQUE = 28           # u32 deque capacity
+H_ARENA = 32           # u64 arena size
+H_MAIN_PID = 40        # u32 pid of the process that owns the scheduler
+H_FUNCTIONS = 44       # u32 function slots
+H_SHUTDOWN = 1 * LINE  # u32: 1 once the scheduler is stopping
+H_SLEEPERS = 2 * LINE  # u32: workers announced as sleepers
+H_COLLECTOR = 3 * LINE          # u32: the collector's parking word (its state)
+H_COLLECTOR_SLEEPERS = 3 * LINE + 4  # u32: 1 while the collector is a sleeper
+H_FN_COUNT = 4 * LINE  # u32: function directory entries allocated
+H_TASK_FREE = 5 * LINE  # u64: tagged head of the task-record free list
+H_ARENA_BUMP = 6 * LINE  # u64: bytes of the arena carved so far
+H_ARENA_FREE = 7 * LINE  # u64[ARENA_CLASSES]: tagged heads of block free lists
+ARENA_MIN_SHIFT = 6     # smallest block: 64 bytes
+ARENA_CLASSES = 48      # classes 2**6 .. 2**53: room for any arena size
+HEADER_SIZE = H_ARENA_FREE + 8 * ARENA_CLASSES
+HEADER_SIZE = (HEADER_SIZE + LINE - 1) // LINE * LINE
+
+# ---- worker slice fields (byte offsets from the slice) ----
+W_STATE = 0            # u32 parking word: AWAKE/SLEEPY/SLEEPING/NOTIFIED (futex)
+W_ID = 4               # u32
+W_PID = 8              # u32 pid of the process serving this slice
+W_CURRENT = 16         # u64 ref of the task being run (0 when none)
+W_STATS = LINE         # u64 counters, one cache line written by the owner only
+STAT_NAMES = (
+    "tasks",           # tasks run to completion (or failure)
+    "steals_tried",    # steal attempts on other workers' deques
+    "steals",          # successful steals
+    "injected",        # tasks taken from the global queue
+    "parks",           # times the worker went to sleep
+    "wakeups",         # times it was woken by a notification
+    "busy_ns",         # nanoseconds spent running tasks
+    "spilled",         # refs pushed to the global queue because the deque was full
+)
+W_DEQUE = 2 * LINE     # Chase-Lev deque (header + ring)
+
+# ---- task record fields (byte offsets from the record) ----
+RECORD_SIZE = 128
+R_STATE = 0            # u64: status << 32 | generation (one word: CAS checks both)
+R_FN = 8               # u32 function id
+R_FLAGS = 12           # u32 F_* bits
+R_LINK = 16            # u64 free-list link
+R_PARENT = 24          # u64 ref of the parent task (0 for a root task)
+R_BLOB = 32            # u64 arena offset of pickled args, then of the pickled result
+R_BLOB_LEN = 40        # u64 its length in bytes
+R_ATTEMPTS = 48        # u32 times the task was started (crash retries)
+R_INLINE = 56          # inline arguments, then the inline result
+INLINE_SIZE = RECORD_SIZE - R_INLINE
+
+# task status (the high half of R_STATE)
+S_FREE = 0
+S_QUEUED = 1
+S_RUNNING = 2
+S_DONE = 3
+S_FAILED = 4           # the result blob is a pickled exception
+S_CANCELLED = 5
+S_CRASHED = 6          # the worker died while running it
+STATUS_NAMES = {S_FREE: "free", S_QUEUED: "queued", S_RUNNING: "running", S_DONE: "done",
+                S_FAILED: "failed", S_CANCELLED: "cancelled", S_CRASHED: "crashed"}
+
+# record flags
+F_ARGS_BLOB = 1        # arguments are pickled in the arena (else inline)
+F_RESULT_BLOB = 2      # the result is pickled in the arena (else inline)
+F_ARGS_CONSUMED = 4    # the worker released the arguments: a crash now cannot be retried
+
+# ---- arena block header ----
+B_MAGIC = 0            # u32
+B_CLASS = 4            # u32 size class (log2 of the block size)
+B_LINK = 8             # u64 free-list link while the block is free
+BLOCK_HEADER = 16
+BLOCK_MAGIC = 0xB10C_0DE5
+
+# ---- function directory entry ----
+FN_ENTRY = 256         # bytes per entry
+FN_LEN = 0             # u32 name length; 0 until the name is published (release)
+FN_NAME = 8            # UTF-8 "module:qualname"
+FN_NAME_MAX = FN_ENTRY - FN_NAME
+
+
+def _align(n: int, a: int = LINE) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything lives, for a given set of sizes."""
+
+    workers: int
+    deque_capacity: int
+    task_capacity: int
+    function_slots: int
+    arena_size: int
+
+    def __post_init__(self):
+        for name in ("deque_capacity", "task_capacity"):
+            v = getattr(self, name)
+            if v < 2 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two >= 2, got {v}")
+        if not 1 <= self.workers <= 4096:
+            raise ValueError(f"workers must be between 1 and 4096, got {self.workers}")
+        if self.task_capacity >= 1 << 31:
+            raise ValueError("task_capacity must be below 2**31")
+        if self.arena_size < 1 << 16 or self.arena_size % LINE:
+            raise ValueError("arena_size must be a multiple of 64 and at least 64 KiB")
+
+    # ---- derived sizes and offsets ----
+    @property
+    def deque_size(self) -> int:
+        return _core.DEQUE_HEADER + 8 * self.deque_capacity
+
+    @property
+    def slice_size(self) -> int:
+        return _align(W_DEQUE + self.deque_size)
+
+    @property
+    def slices(self) -> int:
+        return HEADER_SIZE
+
+    def slice(self, w: int) -> int:
+        return self.slices + w * self.slice_size
+
+    def deque(self, w: int) -> int:
+        return self.slice(w) + W_DEQUE
+
+    def state(self, w: int) -> int:
+        return self.slice(w) + W_STATE
+
+    def stats(self, w: int) -> int:
+        return self.slice(w) + W_STATS
+
+    @property
+    def queue_size(self) -> int:
+        return _align(_core.QUEUE_HEADER + 16 * self.task_capacity)
+
+    @property
+    def injector(self) -> int:
+        return self.slices + self.workers * self.slice_size
+
+    @property
+    def completions(self) -> int:
+        return self.injector + self.queue_size
+
+    @property
+    def tasks(self) -> int:
+        return self.completions + self.queue_size
+
+    def record(self, index: int) -> int:
+        return self.tasks + index * RECORD_SIZE
+
+    @property
+    def functions(self) -> int:
+        return self.tasks + self.task_capacity * RECORD_SIZE
+
+    @property
+    def arena(self) -> int:
+        return _align(self.functions + self.function_slots * FN_ENTRY, 4096)
+
+    @property
+    def size(self) -> int:
+        return _align(self.arena + self.arena_size, 4096)
+
+    def describe(self) -> dict:
+        """Offsets and sizes, for docs, tests and `penny info`."""
+        return {
+            "header": (0, HEADER_SIZE),
+            "worker_slices": (self.slices, self.workers * self.slice_size),
+            "injector": (self.injector, self.queue_size),
+            "completions": (self.completions, self.queue_size),
+            "tasks": (self.tasks, self.task_capacity * RECORD_SIZE),
+            "functions": (self.functions, self.function_slots * FN_ENTRY),
+            "arena": (self.arena, self.arena_size),
+            "size": self.size,
+        }
+
+
+def make_ref(index: int, generation: int) -> int:
+    """A task reference: generation in the high 32 bits, index + 1 below (never 0)."""
+    return (generation << 32) | (index + 1)
+
+
+def ref_index(ref: int) -> int:
+    return (ref & 0xFFFF_FFFF) - 1
+
+
+def ref_generation(ref: int) -> int:
+    return ref >> 32

@@ -1,0 +1,517 @@
+"""The Scheduler: owns the region, starts the workers, injects tasks, collects results.
+
+The main process never runs tasks.  Its threads:
+
+* callers of `submit`/`new_task`/`map` (any thread): take a record from the
+  free list, encode the arguments into it, push its ref on the global queue,
+  and wake a sleeping worker if there is one;
+* the *collector* thread: pops finished refs from the completion queue,
+  decodes the outcome into the task's `concurrent.futures.Future`, and
+  recycles the record; it parks on its own futex word when idle;
+* the *supervisor* thread (supervisor.py): waits on the workers' sentinels
+  and recovers from a worker's death.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures as cf
+import itertools
+import multiprocessing
+import os
+import threading
+import weakref
+
+from . import _core, config, marshal, parking
+from .arena import Arena
+from .errors import SchedulerClosedError, TaskError, UnknownFunctionError, WorkerCrashedError
+from .layout import (
+    F_ARGS_BLOB,
+    H_COLLECTOR,
+    H_COLLECTOR_SLEEPERS,
+    H_SHUTDOWN,
+    H_SLEEPERS,
+    R_BLOB,
+    R_FLAGS,
+    R_FN,
+    RECORD_SIZE,
+    S_CANCELLED,
+    S_CRASHED,
+    S_DONE,
+    S_FAILED,
+    S_QUEUED,
+    STAT_NAMES,
+    Layout,
+)
+from .parking import Notifier, Parker
+from .region import Region
+from .registry import FunctionTable, validate_static
+from .supervisor import Supervisor
+from .tasks import TaskTable
+
+_live: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
+
+
+def _default_start_method() -> str:
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class _TaskFuture(cf.Future):
+    """A `concurrent.futures.Future` whose `cancel` also withdraws the queued task."""
+
+    def __init__(self, scheduler: "Scheduler"):
+        super().__init__()
+        self._scheduler = scheduler
+        self._ref = 0  # 0 while waiting in the backlog
+
+    def cancel(self) -> bool:
+        sched = self._scheduler
+        if sched is None or self.done():
+            return super().cancel()
+        return sched._cancel(self)
+
+
+class Scheduler(cf.Executor):
+    """A pool of worker processes with work-stealing deques in shared memory.
+
+    ``Scheduler(workers=None, functions=None, start_method=None)``: `workers`
+    defaults to ``os.cpu_count()``; `functions` is the static table
+    ``{id: function}`` for `new_task`; `start_method` is ``"forkserver"``
+    (default on Linux), ``"spawn"`` or ``"fork"``.  The remaining keywords size
+    the shared region (see config.py).
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        functions: dict | None = None,
+        start_method: str | None = None,
+        *,
+        retries: int = 1,
+        deque_capacity: int | None = None,
+        task_capacity: int | None = None,
+        arena_size: int | None = None,
+        function_slots: int | None = None,
+        seed: int | None = None,
+    ):
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"penny: workers must be a positive int, got {workers!r}")
+        method = start_method or _default_start_method()
+        if method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"penny: unknown start_method {method!r}; use one of {multiprocessing.get_all_start_methods()}"
+            )
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"penny: retries must be an int >= 0, got {retries!r}")
+        static = validate_static(functions, method)
+        self._method = method
+        self._retries = retries
+        self._layout = Layout(
+            workers=workers,
+            deque_capacity=deque_capacity or config.DEQUE_CAPACITY,
+            task_capacity=task_capacity or config.TASK_CAPACITY,
+            function_slots=function_slots or config.FUNCTION_SLOTS,
+            arena_size=arena_size or config.ARENA_SIZE,
+        )
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._shutdown_lock = threading.Lock()
+        self._backlog_lock = threading.Lock()
+        self._backlog: collections.deque = collections.deque()
+        self._futures: dict[int, _TaskFuture] = {}
+        self._crash_info: dict[int, str] = {}
+        self._torn_down = threading.Event()
+        self._next_worker = itertools.count()
+
+        region = Region.create(self._layout)
+        self._region = region
+        try:
+            s = region.shared
+            self._s = s
+            self._tasks = TaskTable(s, self._layout)
+            self._tasks.init_free_list()
+            self._arena = Arena(s, self._layout.arena, self._layout.arena_size)
+            self._functions = FunctionTable(s, self._layout, static, method)
+            self._wake_workers = Notifier(s, H_SLEEPERS, self._layout.state(0), self._layout.slice_size, workers)
+            self._collector_parker = Parker(s, H_COLLECTOR, H_COLLECTOR_SLEEPERS)
+            self._collector_stop = False
+            self._collector = threading.Thread(target=self._collect_loop, name="penny-collector", daemon=True)
+            self._collector.start()
+            self._supervisor = Supervisor(self, multiprocessing.get_context(method), static, seed)
+            self._supervisor.start_workers()
+        except BaseException:
+            self._teardown(force=True)
+            raise
+        _live.add(self)
+
+    # ---- submitting ---------------------------------------------------------
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        """Run ``fn(*args, **kwargs)`` in a worker; `fn` must be importable by name."""
+        return self._submit(self._functions.id_for(fn), args, kwargs)
+
+    def new_task(self, fn_id: int, args=()) -> cf.Future:
+        """Run function `fn_id` of the static table with the argument list `args`."""
+        if fn_id not in self._functions.static:
+            raise UnknownFunctionError(
+                f"penny: no function with id {fn_id!r} in this scheduler's table "
+                f"(ids: {sorted(self._functions.static)}); pass it in Scheduler(functions={{id: fn}})"
+            )
+        if not isinstance(args, (list, tuple)):
+            raise TypeError(f"penny: new_task arguments must be a list or tuple, got {type(args).__name__}")
+        return self._submit(fn_id, args, None)
+
+    def run(self, fn, /, *args, **kwargs):
+        """``submit(fn, ...).result()``."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    def _submit(self, fid: int, args, kwargs) -> cf.Future:
+        if self._closed:
+            raise SchedulerClosedError("penny: this scheduler was shut down; create a new one")
+        if self._broken is not None:
+            raise SchedulerClosedError(f"penny: this scheduler is broken: {self._broken}") from self._broken
+        fut = _TaskFuture(self)
+        if self._backlog or not self._inject(fut, fid, args, kwargs):
+            with self._backlog_lock:
+                self._backlog.append((fut, fid, args, kwargs))
+            self._drain_backlog()
+        return fut
+
+    def _inject(self, fut: _TaskFuture, fid: int, args, kwargs) -> bool:
+        """Put one call in a record and on the global queue; False if no record is free."""
+        tasks = self._tasks
+        ref = tasks.alloc()
+        if not ref:
+            return False
+        s = self._s
+        rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        try:
+            flags = marshal.encode_args(s, self._arena, rec, args, kwargs)
+        except BaseException:
+            tasks.free(ref)
+            raise
+        # Relaxed: published by the release store of the status below.
+        s.store32(rec + R_FN, fid, _core.RELAXED)
+        s.store32(rec + R_FLAGS, flags, _core.RELAXED)
+        tasks.set_status(ref, S_QUEUED)
+        fut._ref = ref
+        self._futures[ref] = fut  # before the push: the completion may come at once
+        # The push's release store publishes the record to the worker that pops it.
+        if not s.queue_push(self._layout.injector, ref):
+            raise RuntimeError("penny: global queue full (broken invariant)")
+        self._wake_workers.notify_one()
+        return True
+
+    def _drain_backlog(self) -> None:
+        """Inject backlogged calls while records are free (submitters and the collector)."""
+        with self._backlog_lock:
+            while self._backlog:
+                fut, fid, args, kwargs = self._backlog[0]
+                if fut.cancelled():
+                    self._backlog.popleft()
+                    continue
+                try:
+                    if not self._inject(fut, fid, args, kwargs):
+                        return
+                except BaseException as e:  # e.g. arguments that cannot be pickled
+                    self._backlog.popleft()
+                    fut.set_exception(e)
+                    continue
+                self._backlog.popleft()
+
+    def _cancel(self, fut: _TaskFuture) -> bool:
+        with self._backlog_lock:
+            if fut._ref == 0:
+                for i, item in enumerate(self._backlog):
+                    if item[0] is fut:
+                        del self._backlog[i]
+                        return cf.Future.cancel(fut)
+                return fut.cancelled()
+        if self._tasks.transition(fut._ref, S_QUEUED, S_CANCELLED):
+            # The worker that meets it hands the record back; the collector frees it.
+            return cf.Future.cancel(fut)
+        return fut.cancelled()
+
+    # ---- map ------------------------------------------------------------------
+    def map(self, fn, *iterables, timeout=None, chunksize=None):
+        """Ordered results of ``fn(*args)`` over zipped `iterables`.
+
+        Work starts at once; input is consumed lazily, a bounded window of
+        chunks ahead of the consumer, so a huge or endless iterable is not
+        materialised.  `chunksize` defaults to about 1/8 of a worker's share
+        when the length is known, else it grows from 16 to 1024.
+        """
+        from .worker import run_chunk
+
+        fid = self._functions.id_for(fn)
+        chunk_fid = self._functions.id_for(run_chunk)
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r}")
+        sizes = self._chunk_sizes(iterables, chunksize)
+        source = zip(*iterables)
+        window = max(4, 4 * self._layout.workers)
+        pending: collections.deque = collections.deque()
+
+        def submit_next() -> bool:
+            chunk = list(itertools.islice(source, next(sizes)))
+            if not chunk:
+                return False
+            pending.append(self._submit(chunk_fid, (fid, chunk), None))
+            return True
+
+        for _ in range(window):
+            if not submit_next():
+                break
+        return self._map_results(pending, submit_next, timeout)
+
+    @staticmethod
+    def _map_results(pending, submit_next, timeout):
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        more = True
+        try:
+            while pending:
+                fut = pending.popleft()
+                if more:
+                    more = submit_next()
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                yield from fut.result(left)
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def _chunk_sizes(self, iterables, chunksize):
+        if chunksize is not None:
+            return itertools.repeat(chunksize)
+        try:
+            n = min(len(it) for it in iterables)
+        except TypeError:
+            return itertools.chain((16, 32, 64, 128, 256, 512), itertools.repeat(1024))
+        return itertools.repeat(max(1, -(-n // (8 * self._layout.workers))))
+
+    # ---- collecting -----------------------------------------------------------
+    def _collect_loop(self) -> None:
+        s = self._s
+        comp = self._layout.completions
+        pop_many = s.queue_pop_many
+        qlen = s.queue_len
+        complete = self._complete
+        spin = config.SPIN_ROUNDS
+
+        def has_work():
+            return self._collector_stop or qlen(comp) > 0
+
+        idle = 0
+        while True:
+            refs = pop_many(comp, 1024)
+            if refs:
+                idle = 0
+                for ref in refs:
+                    complete(ref)
+                if self._backlog:
+                    self._drain_backlog()
+                continue
+            if self._collector_stop:
+                return
+            idle += 1
+            if idle < spin:
+                os.sched_yield()
+                continue
+            self._collector_parker.park(has_work, 0.5)
+
+    def _complete(self, ref: int) -> None:
+        """Move a finished task's outcome into its future and recycle the record."""
+        s, tasks = self._s, self._tasks
+        fut = self._futures.pop(ref, None)
+        rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        status = tasks.status(ref)  # acquire: pairs with the worker's release
+        flags = s.load32(rec + R_FLAGS, _core.RELAXED)
+        ok, value = False, None
+        try:
+            if status == S_DONE:
+                value = marshal.decode_result(s, self._arena, rec, flags)
+                ok = True
+            elif status == S_FAILED:
+                value = marshal.decode_exception(s, self._arena, rec)
+            elif status == S_CANCELLED:
+                if flags & F_ARGS_BLOB and s.load64(rec + R_BLOB, _core.RELAXED):
+                    self._arena.free(s.load64(rec + R_BLOB, _core.RELAXED))
+            elif status == S_CRASHED:
+                value = WorkerCrashedError(self._crash_info.pop(ref, "penny: the worker running this task died"))
+            else:
+                value = RuntimeError(f"penny: task {ref:#x} completed in unexpected state {status}")
+        except BaseException as e:  # noqa: BLE001 - e.g. a result that cannot be unpickled here
+            value = TaskError(f"penny: the task's outcome could not be read back: {type(e).__name__}: {e}",
+                              type(e).__name__)
+            value.__cause__ = e
+        finally:
+            tasks.free(ref)
+        if fut is None or status == S_CANCELLED:
+            return
+        try:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        except cf.InvalidStateError:
+            pass  # cancelled by the caller in the meantime
+
+    # ---- shutting down --------------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; with `wait`, finish the pending ones and release
+        everything (processes, shared memory, threads) before returning."""
+        with self._shutdown_lock:
+            first = not self._closed
+            self._closed = True
+        if cancel_futures:
+            self._cancel_pending()
+        if not first:
+            if wait:
+                self._torn_down.wait()
+            return
+        if wait:
+            self._wait_pending()
+            self._teardown(force=False)
+        else:
+            threading.Thread(target=self._finish_in_background, name="penny-shutdown", daemon=True).start()
+
+    def _finish_in_background(self) -> None:
+        self._wait_pending()
+        self._teardown(force=False)
+
+    def _cancel_pending(self) -> None:
+        with self._backlog_lock:
+            backlog = list(self._backlog)
+        for fut, *_ in backlog:
+            fut.cancel()
+        for fut in list(self._futures.values()):
+            fut.cancel()
+
+    def _wait_pending(self) -> None:
+        while not self._torn_down.is_set():
+            with self._backlog_lock:
+                futs = [item[0] for item in self._backlog]
+            futs += list(self._futures.values())
+            if not futs:
+                return
+            cf.wait(futs, timeout=0.5)
+
+    def _abort(self) -> None:
+        """Stop now (Ctrl-C, interpreter exit): cancel what is queued, give
+        running tasks a moment, then terminate the workers."""
+        with self._shutdown_lock:
+            self._closed = True
+        self._cancel_pending()
+        self._teardown(force=True)
+
+    def _teardown(self, force: bool) -> None:
+        with self._shutdown_lock:
+            if self._torn_down.is_set() or getattr(self, "_tearing_down", False):
+                already = True
+            else:
+                self._tearing_down = True
+                already = False
+        if already:
+            self._torn_down.wait()
+            return
+        try:
+            s = getattr(self, "_s", None)
+            if s is not None:
+                # Release: workers that see the flag see everything before it.
+                s.store32(H_SHUTDOWN, 1, _core.RELEASE)
+                parking.wake_all(s, [self._layout.state(w) for w in range(self._layout.workers)])
+            sup = getattr(self, "_supervisor", None)
+            if sup is not None:
+                sup.stop(timeout=1.0 if force else config.JOIN_TIMEOUT)
+            if getattr(self, "_collector", None) is not None and self._collector.is_alive():
+                self._collector_stop = True
+                parking.wake_all(s, [H_COLLECTOR])
+                if threading.current_thread() is not self._collector:
+                    self._collector.join()
+            err = SchedulerClosedError("penny: the scheduler shut down before this task finished")
+            for fut in list(self._futures.values()):
+                if not fut.done():
+                    try:
+                        fut.set_exception(err)
+                    except cf.InvalidStateError:
+                        pass
+            self._futures.clear()
+            for fut, *_ in list(self._backlog):
+                if not fut.done():
+                    fut.cancel()
+            self._backlog.clear()
+        finally:
+            if getattr(self, "_region", None) is not None:
+                self._s = None
+                self._region.close()
+            _live.discard(self)
+            self._torn_down.set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.shutdown(wait=True)
+        elif issubclass(exc_type, Exception):
+            self.shutdown(wait=True, cancel_futures=True)
+        else:  # KeyboardInterrupt, SystemExit: do not wait for running tasks
+            self._abort()
+        return False
+
+    def __reduce__(self):
+        raise TypeError(
+            "penny: a Scheduler cannot be sent to a task or another process; "
+            "inside a task, use penny.spawn/penny.sync (or return data to the caller)"
+        )
+
+    # ---- introspection --------------------------------------------------------
+    @property
+    def workers(self) -> int:
+        return self._layout.workers
+
+    @property
+    def start_method(self) -> str:
+        return self._method
+
+    def stats(self) -> dict:
+        """Per-worker counters (kept in shared memory by the workers) and totals."""
+        s = self._s
+        if s is None:
+            raise SchedulerClosedError("penny: the scheduler is shut down")
+        per = []
+        for w in range(self._layout.workers):
+            base = self._layout.stats(w)
+            row = {name: s.load64(base + 8 * i, _core.RELAXED) for i, name in enumerate(STAT_NAMES)}
+            row["worker"] = w
+            per.append(row)
+        totals = {name: sum(r[name] for r in per) for name in STAT_NAMES}
+        return {
+            "workers": per,
+            "totals": totals,
+            "pending": len(self._futures) + len(self._backlog),
+            "queued": s.queue_len(self._layout.injector),
+            "arena_used": self._arena.used(),
+            "region_bytes": self._layout.size,
+        }
+
+    def __repr__(self):
+        state = "closed" if self._closed else "running"
+        return f"<penny.Scheduler workers={self._layout.workers} start_method={self._method!r} {state}>"
+
+
+class Executor(Scheduler):
+    """A `concurrent.futures.Executor` drop-in: ``Executor(max_workers=4)``."""
+
+    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None, **kwargs):
+        super().__init__(max_workers, start_method=start_method, **kwargs)
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for sched in list(_live):
+        sched._abort()

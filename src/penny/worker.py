@@ -1,0 +1,282 @@
+"""A worker process and its loop.
+
+    loop:
+      1. pop the bottom of my own deque            (no CAS unless one item is left)
+      2. steal the top of a random victim's deque   (CAS on top; RETRY -> next victim)
+      3. take a batch from the global queue, keep one, push the rest on my deque
+      4. spin briefly (yielding the CPU), then park on my state word (parking.py)
+
+The hot path (1, then running the task) is inline in `Worker.run`; stealing,
+parking and errors are methods out of its way.  A task's outcome is written
+into its record, and its ref goes to the completion queue, where the main
+process's collector picks it up.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+from . import _core, config, marshal
+from .arena import Arena
+from .layout import (
+    F_ARGS_CONSUMED,
+    F_RESULT_BLOB,
+    H_COLLECTOR,
+    H_COLLECTOR_SLEEPERS,
+    H_SHUTDOWN,
+    H_SLEEPERS,
+    R_FLAGS,
+    R_FN,
+    RECORD_SIZE,
+    S_CANCELLED,
+    S_DONE,
+    S_FAILED,
+    S_QUEUED,
+    S_RUNNING,
+    STAT_NAMES,
+    W_CURRENT,
+    W_ID,
+    W_PID,
+)
+from .parking import Notifier, Parker
+from .registry import FunctionTable
+from .region import RegionHandle
+from .tasks import TaskTable
+
+_EMPTY = _core.EMPTY
+_RETRY = _core.RETRY
+
+#: The Worker running in this process (None in the main process).
+current = None
+
+
+def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: str, seed: int | None = None) -> None:
+    """Entry point of a worker process."""
+    global current
+    # Ctrl-C goes to the whole foreground process group: the main process
+    # handles it and shuts us down; a worker that died of it would lose work.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    region = handle.attach()
+    try:
+        current = Worker(region, wid, static_functions, start_method, seed)
+        current.run()
+    finally:
+        current = None
+        region.close()
+
+
+class Worker:
+    def __init__(self, region, wid: int, static_functions: dict, start_method: str, seed: int | None):
+        s = region.shared
+        lay = region.layout
+        self.region = region
+        self.s = s
+        self.lay = lay
+        self.wid = wid
+        self.slice = lay.slice(wid)
+        self.own = lay.deque(wid)
+        self.victims = [lay.deque(v) for v in range(lay.workers) if v != wid]
+        self.tasks = TaskTable(s, lay)
+        self.arena = Arena(s, lay.arena, lay.arena_size)
+        self.functions = FunctionTable(s, lay, static_functions, start_method)
+        self.parker = Parker(s, lay.state(wid), H_SLEEPERS)
+        self.wake_worker = Notifier(s, H_SLEEPERS, lay.state(0), lay.slice_size, lay.workers)
+        self.wake_main = Notifier(s, H_COLLECTOR_SLEEPERS, H_COLLECTOR, 4, 1)
+        self.main_pid = region.main_pid
+        self.rng = random.Random(seed)
+        self.counts = dict.fromkeys(STAT_NAMES, 0)
+        self.stats_base = lay.stats(wid)
+        s.store32(self.slice + W_ID, wid, _core.RELAXED)
+        # Release: the supervisor reads the pid to know this worker attached.
+        s.store32(self.slice + W_PID, os.getpid(), _core.RELEASE)
+
+    # ---- the loop ---------------------------------------------------------
+    def run(self) -> None:
+        s = self.s
+        pop, own = s.deque_pop, self.own
+        execute = self.execute
+        flush_every = config.STATS_FLUSH_EVERY
+        counts = self.counts
+        perf = time.perf_counter_ns
+        ran = 0
+        busy = 0
+        while True:
+            ref = pop(own)
+            if ref == _EMPTY:
+                ref = self.find_work()
+                if ref == _EMPTY:
+                    counts["tasks"] += ran
+                    counts["busy_ns"] += busy
+                    ran = busy = 0
+                    if not self.idle():
+                        return
+                    continue
+            t0 = perf()
+            execute(ref)
+            busy += perf() - t0
+            ran += 1
+            if ran >= flush_every:
+                counts["tasks"] += ran
+                counts["busy_ns"] += busy
+                ran = busy = 0
+                self.flush_stats()
+                # Relaxed: a hint; shutdown also wakes us explicitly.
+                if s.load32(H_SHUTDOWN, _core.RELAXED):
+                    return
+
+    def execute(self, ref: int) -> None:
+        """Run the task `ref` names and publish its outcome."""
+        s = self.s
+        tasks = self.tasks
+        rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        if not tasks.transition(ref, S_QUEUED, S_RUNNING):
+            # Cancelled while queued: hand the record back to the main process.
+            if tasks.status(ref) == S_CANCELLED:
+                self.publish(ref)
+            return
+        # Relaxed: read only by the supervisor after this process died.
+        s.store64(self.slice + W_CURRENT, ref, _core.RELAXED)
+        # Relaxed: the claim's acquire ordered us after the submitter's writes.
+        fid = s.load32(rec + R_FN, _core.RELAXED)
+        flags = s.load32(rec + R_FLAGS, _core.RELAXED)
+        arena = self.arena
+        try:
+            fn = self.functions.lookup(fid)
+            args, kwargs = marshal.decode_args(s, arena, rec, flags)
+            value = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
+            value, failed = exc, True
+            del exc
+        else:
+            failed = False
+        # From here on the arguments are gone: a crash is no longer retried.
+        flags |= F_ARGS_CONSUMED
+        s.store32(rec + R_FLAGS, flags, _core.RELAXED)
+        marshal.release_args(s, arena, rec, flags)
+        if not failed:
+            try:
+                rflags = marshal.encode_result(s, arena, rec, value)
+            except BaseException as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                value, failed = exc, True
+                del exc
+        if failed:
+            rflags = marshal.encode_exception(s, arena, rec, value)
+        status = S_FAILED if failed else S_DONE
+        value = None
+        s.store32(rec + R_FLAGS, (flags & ~F_RESULT_BLOB) | rflags, _core.RELAXED)
+        tasks.set_status(ref, status)  # release: the result is visible with the status
+        s.store64(self.slice + W_CURRENT, 0, _core.RELAXED)
+        self.publish(ref)
+
+    def publish(self, ref: int) -> None:
+        """Send a finished ref to the main process and wake its collector if asleep."""
+        if not self.s.queue_push(self.lay.completions, ref):
+            raise RuntimeError("penny: completion queue full (broken invariant)")
+        self.wake_main.notify_one()
+
+    # ---- finding work (cold path) -------------------------------------------
+    def find_work(self) -> int:
+        s = self.s
+        victims = self.victims
+        if victims:
+            counts = self.counts
+            n = len(victims)
+            start = self.rng.randrange(n)
+            for attempt in range(2):  # a second round only if some steal lost a race
+                contended = False
+                for i in range(n):
+                    counts["steals_tried"] += 1
+                    ref = s.deque_steal(victims[(start + i) % n])
+                    if ref > 0:
+                        counts["steals"] += 1
+                        return ref
+                    if ref == _RETRY:
+                        contended = True
+                if not contended:
+                    break
+        return self.take_injected()
+
+    def take_injected(self) -> int:
+        s = self.s
+        inj = self.lay.injector
+        backlog = s.queue_len(inj)
+        if not backlog:
+            return _EMPTY
+        want = min(config.INJECTOR_BATCH, 1 + backlog // self.lay.workers)
+        refs = s.queue_pop_many(inj, want)
+        if not refs:
+            return _EMPTY
+        self.counts["injected"] += len(refs)
+        if len(refs) > 1:
+            # The rest go on our deque, oldest at the bottom so we run them in
+            # submission order; others may steal them from the top.
+            for ref in reversed(refs[1:]):
+                self.push(ref)
+            self.wake_worker.notify_one(self.wid + 1)
+        return refs[0]
+
+    def push(self, ref: int) -> None:
+        """Push on our deque; spill to the global queue when it is full."""
+        s = self.s
+        if not s.deque_push(self.own, ref):
+            self.counts["spilled"] += 1
+            if not s.queue_push(self.lay.injector, ref):
+                raise RuntimeError("penny: global queue full (broken invariant)")
+
+    def has_work(self) -> bool:
+        s = self.s
+        if s.queue_len(self.lay.injector) or s.deque_len(self.own):
+            return True
+        return any(s.deque_len(v) for v in self.victims)
+
+    # ---- idling (cold path) -------------------------------------------------
+    def idle(self) -> bool:
+        """Wait for work.  False when the worker should exit."""
+        s = self.s
+        self.flush_stats()
+        for _ in range(config.SPIN_ROUNDS):
+            if s.load32(H_SHUTDOWN, _core.ACQUIRE):
+                return False
+            if self.has_work():
+                return True
+            os.sched_yield()
+        while True:
+            # Acquire: pairs with the release store of the flag in shutdown.
+            if s.load32(H_SHUTDOWN, _core.ACQUIRE):
+                return False
+            self.counts["parks"] += 1
+            if self.parker.park(self.has_work_or_shutdown, config.PARK_TIMEOUT):
+                self.counts["wakeups"] += 1
+                return True
+            if self.has_work():
+                return True
+            if not self.parent_alive():
+                return False
+
+    def has_work_or_shutdown(self) -> bool:
+        return bool(self.s.load32(H_SHUTDOWN, _core.ACQUIRE)) or self.has_work()
+
+    def parent_alive(self) -> bool:
+        try:
+            os.kill(self.main_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pid reused by another user's process
+            return False
+        return True
+
+    def flush_stats(self) -> None:
+        s, base = self.s, self.stats_base
+        for i, name in enumerate(STAT_NAMES):
+            # Relaxed: this worker is the only writer; readers want a snapshot.
+            s.store64(base + 8 * i, self.counts[name], _core.RELAXED)
+
+
+def run_chunk(fid: int, items: list) -> list:
+    """Internal task behind Scheduler.map: apply function `fid` to each argument tuple."""
+    fn = current.functions.lookup(fid)
+    return [fn(*args) for args in items]
+
