@@ -66,12 +66,24 @@ enum { ST_AWAKE = 0, ST_SLEEPY = 1, ST_SLEEPING = 2, ST_NOTIFIED = 3 };
 #define Q_MASK 128      /* uint64 capacity - 1 */
 #define Q_SLOTS 192     /* {uint64 seq; uint64 value}[capacity] */
 
+/* Where the task machinery lives, told once by penny/layout.py (set_tasks). */
+typedef struct {
+    int ready;
+    Py_ssize_t tasks, capacity, record, free_head;   /* task table and its free list */
+    Py_ssize_t r_state, r_fn, r_flags, r_link, r_inline, inline_size;
+    Py_ssize_t injector, completions;                /* MPMC rings */
+    Py_ssize_t sleepers, states, state_stride, nstates;      /* workers' parking words */
+    Py_ssize_t coll_sleepers, coll_state;            /* the collector's parking word */
+    uint32_t s_queued, s_running, s_done, s_free, f_args_blob, f_consumed, f_result_blob;
+} TaskGeometry;
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
     char *base;
     Py_ssize_t len;
     int has_view;
+    TaskGeometry g;
 } Shared;
 
 /* ------------------------------------------------------------------ */
@@ -1106,6 +1118,348 @@ corrupt:
     return PyErr_Format(PyExc_RuntimeError, "corrupt inline record at offset %zd", off);
 }
 
+
+/* ---- 8. task fast paths ----------------------------------------------------
+ * The common case of a task's life in three calls, one per role, so that
+ * Python pays one C call where it would pay ten.  Anything uncommon (pickled
+ * arguments or results, exceptions, cancellation) returns to Python, which
+ * handles it with the generic operations above.  Orderings are the same as
+ * the Python slow paths document (tasks.py): the status word is stored with
+ * release after the record's contents; readers load it with acquire.
+ */
+
+static PyObject *
+S_set_tasks(Shared *s, PyObject *args)
+{
+    TaskGeometry g;
+    memset(&g, 0, sizeof g);
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnnnnIIIIIII:set_tasks", &g.tasks, &g.capacity, &g.record,
+                          &g.free_head, &g.r_state, &g.r_fn, &g.r_flags, &g.r_link, &g.r_inline,
+                          &g.inline_size, &g.injector, &g.completions, &g.sleepers, &g.states,
+                          &g.state_stride, &g.nstates, &g.coll_sleepers, &g.coll_state, &g.s_queued,
+                          &g.s_running, &g.s_done, &g.s_free, &g.f_args_blob, &g.f_consumed,
+                          &g.f_result_blob))
+        return NULL;
+    if (!span(s, g.tasks, g.capacity * g.record) || !span(s, g.free_head, 8) ||
+        !span(s, g.states, g.state_stride * (g.nstates - 1) + 4) || !span(s, g.coll_state, 4) ||
+        !span(s, g.sleepers, 4) || !span(s, g.coll_sleepers, 4) ||
+        !span(s, g.injector, Q_SLOTS + 16 * g.capacity) || !span(s, g.completions, Q_SLOTS + 16 * g.capacity))
+        return NULL;
+    if (g.record % 64 || g.r_state % 8 || g.r_link % 8 || g.r_fn % 4 || g.r_flags % 4 ||
+        g.r_inline + g.inline_size > g.record || g.nstates < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad task geometry");
+        return NULL;
+    }
+    g.ready = 1;
+    s->g = g;
+    Py_RETURN_NONE;
+}
+
+static inline int
+need_tasks(Shared *s)
+{
+    if (check_live(s) < 0)
+        return -1;
+    if (!s->g.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "set_tasks() was not called");
+        return -1;
+    }
+    return 0;
+}
+
+/* Same wake-one as S_notify, from C. */
+static void
+wake_one(Shared *s, Py_ssize_t sleepers_off, Py_ssize_t states, Py_ssize_t stride, Py_ssize_t count,
+         Py_ssize_t start)
+{
+    /* SeqCst fence: see S_notify. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit((a32 *)(s->base + sleepers_off), memory_order_relaxed) == 0)
+        return;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t w = (start + i) % count;
+        a32 *st = (a32 *)(s->base + states + w * stride);
+        uint32_t v = atomic_load_explicit(st, memory_order_acquire);
+        if ((v == ST_SLEEPING || v == ST_SLEEPY) &&
+            atomic_compare_exchange_strong_explicit(st, &v, ST_NOTIFIED, memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            if (v == ST_SLEEPING)
+                futex_wake_n(st, 1);
+            return;
+        }
+    }
+}
+
+static inline Py_ssize_t
+tagged_pop(a64 *head, char *base, Py_ssize_t stride, Py_ssize_t link, Py_ssize_t count)
+{
+    /* As S_stack_pop: acquire on load and on both CAS outcomes. */
+    uint64_t h = atomic_load_explicit(head, memory_order_acquire);
+    for (;;) {
+        uint64_t top = h & 0xffffffffu;
+        if (top == 0 || top > (uint64_t)count)
+            return -1;
+        a64 *l = (a64 *)(base + (top - 1) * stride + link);
+        uint64_t next = atomic_load_explicit(l, memory_order_relaxed) & 0xffffffffu;
+        uint64_t nh = ((((h >> 32) + 1) & 0xffffffffu) << 32) | next;
+        if (atomic_compare_exchange_weak_explicit(head, &h, nh, memory_order_acquire, memory_order_acquire))
+            return (Py_ssize_t)top - 1;
+    }
+}
+
+static inline void
+tagged_push(a64 *head, char *base, Py_ssize_t stride, Py_ssize_t link, Py_ssize_t idx)
+{
+    /* As S_stack_push: release CAS publishes the node. */
+    a64 *l = (a64 *)(base + idx * stride + link);
+    uint64_t h = atomic_load_explicit(head, memory_order_relaxed);
+    for (;;) {
+        atomic_store_explicit(l, h & 0xffffffffu, memory_order_relaxed);
+        uint64_t nh = ((((h >> 32) + 1) & 0xffffffffu) << 32) | (uint64_t)(idx + 1);
+        if (atomic_compare_exchange_weak_explicit(head, &h, nh, memory_order_release, memory_order_relaxed))
+            return;
+    }
+}
+
+#define GEN_MASK 0x7fffffffu
+
+/* inject(fid, args, future, futures) -> ref; 0 when no record is free; -1 when
+ * the arguments are not inlinable (nothing was taken).  On success the future
+ * is in `futures` under the ref *before* the ref is visible to any worker. */
+static PyObject *
+S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(4, "inject");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    unsigned long fid = PyLong_AsUnsignedLong(args[0]);
+    if (fid == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = args[1];
+    Py_ssize_t n;
+    PyObject **items;
+    if (PyTuple_CheckExact(seq)) {
+        n = PyTuple_GET_SIZE(seq);
+        items = &PyTuple_GET_ITEM(seq, 0);
+    } else if (PyList_CheckExact(seq)) {
+        n = PyList_GET_SIZE(seq);
+        items = &PyList_GET_ITEM(seq, 0);
+    } else {
+        return PyLong_FromLong(-1);
+    }
+    if (n > 255)
+        return PyLong_FromLong(-1);
+    a64 *head = (a64 *)(s->base + g->free_head);
+    char *tbase = s->base + g->tasks;
+    Py_ssize_t idx = tagged_pop(head, tbase, g->record, g->r_link, g->capacity);
+    if (idx < 0)
+        return PyLong_FromLong(0);
+    char *rec = tbase + idx * g->record;
+    char *p = rec + g->r_inline, *end = p + g->inline_size, *q = p + 1;
+    *p = (char)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t w = pack_one(items[i], q, end);
+        if (w < 0) {
+            tagged_push(head, tbase, g->record, g->r_link, idx);
+            return PyLong_FromLong(-1);
+        }
+        q += w;
+    }
+    a64 *state = (a64 *)(rec + g->r_state);
+    /* Relaxed: we own the record (popped with acquire). */
+    uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
+    uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
+    PyObject *key = PyLong_FromUnsignedLongLong(ref);
+    if (!key || PyDict_SetItem(args[3], key, args[2]) < 0 ||
+        PyObject_SetAttrString(args[2], "_ref", key) < 0) {
+        Py_XDECREF(key);
+        tagged_push(head, tbase, g->record, g->r_link, idx);
+        return NULL;
+    }
+    /* Relaxed field stores, published by the release store of the state. */
+    atomic_store_explicit((a32 *)(rec + g->r_fn), (uint32_t)fid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + g->r_flags), 0, memory_order_relaxed);
+    atomic_store_explicit(state, ((uint64_t)g->s_queued << 32) | gen, memory_order_release);
+    /* The ring's release store of seq publishes the record to the popper. */
+    if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
+        Py_DECREF(key);
+        return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+    }
+    wake_one(s, g->sleepers, g->states, g->state_stride, g->nstates, 0);
+    return key;
+}
+
+/* claim(ref, current_off) -> (fid, flags, args or None) or None.
+ * Worker: CAS the record QUEUED -> RUNNING (AcqRel: we see the submitter's
+ * writes), note it as current, and decode inline arguments.  None means the
+ * task is not queued any more (cancelled); args None means they are pickled. */
+static PyObject *
+S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "claim");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t ref;
+    a64 *cur = addr(s, args[1], 8);
+    if (!cur || as_u64(args[0], &ref) < 0)
+        return NULL;
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
+    if (idx < 0 || idx >= g->capacity)
+        return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
+    char *rec = s->base + g->tasks + idx * g->record;
+    uint64_t gen = ref >> 32;
+    uint64_t exp = ((uint64_t)g->s_queued << 32) | gen;
+    if (!atomic_compare_exchange_strong_explicit((a64 *)(rec + g->r_state), &exp,
+                                                 ((uint64_t)g->s_running << 32) | gen,
+                                                 memory_order_acq_rel, memory_order_acquire))
+        Py_RETURN_NONE;
+    /* Relaxed: read only by the supervisor after this process has died. */
+    atomic_store_explicit(cur, ref, memory_order_relaxed);
+    uint32_t fid = atomic_load_explicit((a32 *)(rec + g->r_fn), memory_order_relaxed);
+    uint32_t flags = atomic_load_explicit((a32 *)(rec + g->r_flags), memory_order_relaxed);
+    PyObject *a;
+    if (flags & g->f_args_blob) {
+        a = Py_NewRef(Py_None);
+    } else {
+        PyObject *off = PyLong_FromSsize_t(rec + g->r_inline - s->base);
+        PyObject *cap = PyLong_FromSsize_t(g->inline_size);
+        PyObject *argv[2] = {off, cap};
+        a = (off && cap) ? S_unpack_inline(s, argv, 2) : NULL;
+        Py_XDECREF(off);
+        Py_XDECREF(cap);
+        if (!a)
+            return NULL;
+    }
+    PyObject *r = Py_BuildValue("(kkN)", (unsigned long)fid, (unsigned long)flags, a);
+    return r;
+}
+
+/* finish(ref, value, current_off) -> bool.  Worker: if `value` fits inline,
+ * store it, mark the task DONE (release), clear current, push the ref to the
+ * completion ring and wake the collector if it sleeps.  False: nothing was
+ * done (the caller pickles).  Only for tasks whose arguments were inline. */
+static PyObject *
+S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "finish");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t ref;
+    a64 *cur = addr(s, args[2], 8);
+    if (!cur || as_u64(args[0], &ref) < 0)
+        return NULL;
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
+    if (idx < 0 || idx >= g->capacity)
+        return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
+    char *rec = s->base + g->tasks + idx * g->record;
+    char *p = rec + g->r_inline;
+    *p = 1;
+    if (pack_one(args[1], p + 1, p + g->inline_size) < 0)
+        Py_RETURN_FALSE;
+    a32 *flags = (a32 *)(rec + g->r_flags);
+    uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
+    atomic_store_explicit(flags, (f | g->f_consumed) & ~g->f_result_blob, memory_order_relaxed);
+    /* Release: the result is visible to whoever acquires the status. */
+    atomic_store_explicit((a64 *)(rec + g->r_state), ((uint64_t)g->s_done << 32) | (ref >> 32),
+                          memory_order_release);
+    atomic_store_explicit(cur, 0, memory_order_relaxed);
+    if (!mq_push(s->base + g->completions, (uint64_t)(g->capacity - 1), ref))
+        return PyErr_Format(PyExc_RuntimeError, "completion queue full (broken invariant)");
+    wake_one(s, g->coll_sleepers, g->coll_state, 4, 1, 0);
+    Py_RETURN_TRUE;
+}
+
+/* collect(max, futures) -> (fast, slow).  Collector: pop up to `max` finished
+ * refs.  A DONE task with an inline result is decoded, its record freed and
+ * (future, value) appended to `fast` (the future popped from `futures`; None
+ * if absent).  Every other ref goes to `slow` untouched for Python. */
+static PyObject *
+S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "collect");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    Py_ssize_t max = PyLong_AsSsize_t(args[0]);
+    if (max == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *futures = args[1];
+    PyObject *fast = PyList_New(0), *slow = PyList_New(0);
+    if (!fast || !slow)
+        goto fail;
+    char *ring = s->base + g->completions;
+    uint64_t mask = (uint64_t)(g->capacity - 1);
+    a64 *head = (a64 *)(s->base + g->free_head);
+    char *tbase = s->base + g->tasks;
+    for (Py_ssize_t i = 0; i < max; i++) {
+        int64_t ref = mq_pop(ring, mask);
+        if (ref == R_EMPTY)
+            break;
+        Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
+        char *rec = tbase + idx * g->record;
+        a64 *state = (a64 *)(rec + g->r_state);
+        /* Acquire: pairs with the worker's release of the status. */
+        uint64_t word = atomic_load_explicit(state, memory_order_acquire);
+        uint32_t flags = atomic_load_explicit((a32 *)(rec + g->r_flags), memory_order_relaxed);
+        PyObject *key = PyLong_FromLongLong(ref);
+        if (!key)
+            goto fail;
+        if ((word >> 32) != g->s_done || (word & GEN_MASK) != ((uint64_t)ref >> 32) ||
+            (flags & (g->f_result_blob | g->f_args_blob))) {
+            int rc = PyList_Append(slow, key);
+            Py_DECREF(key);
+            if (rc < 0)
+                goto fail;
+            continue;
+        }
+        PyObject *off = PyLong_FromSsize_t(rec + g->r_inline - s->base);
+        PyObject *cap = PyLong_FromSsize_t(g->inline_size);
+        PyObject *argv[2] = {off, cap};
+        PyObject *tup = (off && cap) ? S_unpack_inline(s, argv, 2) : NULL;
+        Py_XDECREF(off);
+        Py_XDECREF(cap);
+        /* Free the record: the next generation, then the release CAS of the
+         * free list publishes it. */
+        atomic_store_explicit(state, ((uint64_t)g->s_free << 32) | ((((uint64_t)ref >> 32) + 1) & GEN_MASK),
+                              memory_order_relaxed);
+        tagged_push(head, tbase, g->record, g->r_link, idx);
+        if (!tup) {
+            Py_DECREF(key);
+            goto fail;
+        }
+        PyObject *fut = PyDict_GetItemWithError(futures, key);
+        if (fut) {
+            Py_INCREF(fut);
+            if (PyDict_DelItem(futures, key) < 0) {
+                Py_DECREF(fut);
+                fut = NULL;
+            }
+        }
+        Py_DECREF(key);
+        if (!fut && PyErr_Occurred()) {
+            Py_DECREF(tup);
+            goto fail;
+        }
+        PyObject *pair = PyTuple_Pack(2, fut ? fut : Py_None, PyTuple_GET_ITEM(tup, 0));
+        Py_XDECREF(fut);
+        Py_DECREF(tup);
+        if (!pair || PyList_Append(fast, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+    }
+    return Py_BuildValue("(NN)", fast, slow);
+fail:
+    /* Only on MemoryError; refs popped in this call are lost with it. */
+    Py_XDECREF(fast);
+    Py_XDECREF(slow);
+    return NULL;
+}
+
 /* ---- raw bytes ------------------------------------------------------------ */
 
 /* write_bytes(off, data) : plain copy; published by a later release op. */
@@ -1177,6 +1531,11 @@ static PyMethodDef Shared_methods[] = {
     {"notify", (PyCFunction)(void (*)(void))S_notify, METH_FASTCALL, "notify(sleepers, states, stride, count, start) -> woken index or -1"},
     {"pack_inline", (PyCFunction)(void (*)(void))S_pack_inline, METH_FASTCALL, "pack_inline(off, cap, seq) -> nbytes or -1"},
     {"unpack_inline", (PyCFunction)(void (*)(void))S_unpack_inline, METH_FASTCALL, "unpack_inline(off, cap) -> tuple"},
+    {"set_tasks", (PyCFunction)S_set_tasks, METH_VARARGS, "set_tasks(...): where the task table, rings and parking words are (layout.py)"},
+    {"inject", (PyCFunction)(void (*)(void))S_inject, METH_FASTCALL, "inject(fid, args, future, futures) -> ref, 0 (table full) or -1 (not inlinable)"},
+    {"claim", (PyCFunction)(void (*)(void))S_claim, METH_FASTCALL, "claim(ref, current_off) -> (fid, flags, args|None) or None"},
+    {"finish", (PyCFunction)(void (*)(void))S_finish, METH_FASTCALL, "finish(ref, value, current_off) -> bool"},
+    {"collect", (PyCFunction)(void (*)(void))S_collect, METH_FASTCALL, "collect(max, futures) -> (fast, slow)"},
     {"write_bytes", (PyCFunction)(void (*)(void))S_write_bytes, METH_FASTCALL, "write_bytes(off, data)"},
     {"read_bytes", (PyCFunction)(void (*)(void))S_read_bytes, METH_FASTCALL, "read_bytes(off, n) -> bytes"},
     {NULL},

@@ -30,6 +30,7 @@ everything it is told about where they are comes from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from . import _core
 
@@ -148,11 +149,11 @@ class Layout:
             raise ValueError("arena_size must be a multiple of 64 and at least 64 KiB")
 
     # ---- derived sizes and offsets ----
-    @property
+    @cached_property
     def deque_size(self) -> int:
         return _core.DEQUE_HEADER + 8 * self.deque_capacity
 
-    @property
+    @cached_property
     def slice_size(self) -> int:
         return _align(W_DEQUE + self.deque_size)
 
@@ -172,34 +173,34 @@ class Layout:
     def stats(self, w: int) -> int:
         return self.slice(w) + W_STATS
 
-    @property
+    @cached_property
     def queue_size(self) -> int:
         return _align(_core.QUEUE_HEADER + 16 * self.task_capacity)
 
-    @property
+    @cached_property
     def injector(self) -> int:
         return self.slices + self.workers * self.slice_size
 
-    @property
+    @cached_property
     def completions(self) -> int:
         return self.injector + self.queue_size
 
-    @property
+    @cached_property
     def tasks(self) -> int:
         return self.completions + self.queue_size
 
     def record(self, index: int) -> int:
         return self.tasks + index * RECORD_SIZE
 
-    @property
+    @cached_property
     def functions(self) -> int:
         return self.tasks + self.task_capacity * RECORD_SIZE
 
-    @property
+    @cached_property
     def arena(self) -> int:
         return _align(self.functions + self.function_slots * FN_ENTRY, 4096)
 
-    @property
+    @cached_property
     def size(self) -> int:
         return _align(self.arena + self.arena_size, 4096)
 
@@ -228,3 +229,15 @@ def ref_index(ref: int) -> int:
 
 def ref_generation(ref: int) -> int:
     return ref >> 32
+
+
+def bind(shared: "_core.Shared", layout: Layout) -> None:
+    """Tell the C fast paths (inject/claim/finish/collect) where everything is."""
+    shared.set_tasks(
+        layout.tasks, layout.task_capacity, RECORD_SIZE, H_TASK_FREE,
+        R_STATE, R_FN, R_FLAGS, R_LINK, R_INLINE, INLINE_SIZE,
+        layout.injector, layout.completions,
+        H_SLEEPERS, layout.state(0), layout.slice_size, layout.workers,
+        H_COLLECTOR_SLEEPERS, H_COLLECTOR,
+        S_QUEUED, S_RUNNING, S_DONE, S_FREE, F_ARGS_BLOB, F_ARGS_CONSUMED, F_RESULT_BLOB,
+    )

@@ -30,6 +30,7 @@ from .layout import (
     MAGIC,
     VERSION,
     Layout,
+    bind,
 )
 
 
@@ -66,6 +67,7 @@ class Region:
         self.owner = owner
         self.map = mmap.mmap(fd, layout.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.shared = _core.Shared(self.map)
+        bind(self.shared, layout)
 
     # ---- creation and attachment ----
     @classmethod

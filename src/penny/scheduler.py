@@ -25,6 +25,7 @@ import weakref
 
 from . import _core, config, marshal, parking
 from .arena import Arena
+from .futures import TaskFuture
 from .errors import SchedulerClosedError, TaskError, UnknownFunctionError, WorkerCrashedError
 from .layout import (
     F_ARGS_BLOB,
@@ -56,21 +57,6 @@ _live: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 def _default_start_method() -> str:
     methods = multiprocessing.get_all_start_methods()
     return "forkserver" if "forkserver" in methods else "spawn"
-
-
-class _TaskFuture(cf.Future):
-    """A `concurrent.futures.Future` whose `cancel` also withdraws the queued task."""
-
-    def __init__(self, scheduler: "Scheduler"):
-        super().__init__()
-        self._scheduler = scheduler
-        self._ref = 0  # 0 while waiting in the backlog
-
-    def cancel(self) -> bool:
-        sched = self._scheduler
-        if sched is None or self.done():
-            return super().cancel()
-        return sched._cancel(self)
 
 
 class Scheduler(cf.Executor):
@@ -122,7 +108,7 @@ class Scheduler(cf.Executor):
         self._shutdown_lock = threading.Lock()
         self._backlog_lock = threading.Lock()
         self._backlog: collections.deque = collections.deque()
-        self._futures: dict[int, _TaskFuture] = {}
+        self._futures: dict[int, TaskFuture] = {}
         self._crash_info: dict[int, str] = {}
         self._torn_down = threading.Event()
         self._next_worker = itertools.count()
@@ -136,6 +122,7 @@ class Scheduler(cf.Executor):
             self._tasks.init_free_list()
             self._arena = Arena(s, self._layout.arena, self._layout.arena_size)
             self._functions = FunctionTable(s, self._layout, static, method)
+            self._injector = self._layout.injector
             self._wake_workers = Notifier(s, H_SLEEPERS, self._layout.state(0), self._layout.slice_size, workers)
             self._collector_parker = Parker(s, H_COLLECTOR, H_COLLECTOR_SLEEPERS)
             self._collector_stop = False
@@ -173,15 +160,27 @@ class Scheduler(cf.Executor):
             raise SchedulerClosedError("penny: this scheduler was shut down; create a new one")
         if self._broken is not None:
             raise SchedulerClosedError(f"penny: this scheduler is broken: {self._broken}") from self._broken
-        fut = _TaskFuture(self)
-        if self._backlog or not self._inject(fut, fid, args, kwargs):
-            with self._backlog_lock:
-                self._backlog.append((fut, fid, args, kwargs))
-            self._drain_backlog()
+        fut = TaskFuture(self)
+        if not self._backlog and self._try_inject(fut, fid, args, kwargs):
+            return fut
+        with self._backlog_lock:
+            self._backlog.append((fut, fid, args, kwargs))
+        self._drain_backlog()
         return fut
 
-    def _inject(self, fut: _TaskFuture, fid: int, args, kwargs) -> bool:
-        """Put one call in a record and on the global queue; False if no record is free."""
+    def _try_inject(self, fut: TaskFuture, fid: int, args, kwargs) -> bool:
+        """Inject one call; False if no task record is free (the caller backlogs it)."""
+        if not kwargs:
+            # Fast path: one C call takes a record, packs inline arguments,
+            # registers the future and publishes the ref.
+            ref = self._s.inject(fid, args, fut, self._futures)
+            if ref >= 0:
+                return ref > 0
+        return self._inject(fut, fid, args, kwargs)
+
+    def _inject(self, fut: TaskFuture, fid: int, args, kwargs) -> bool:
+        """Put one call in a record and on the global queue; False if no record is free.
+        The general path (pickled arguments); `Shared.inject` is its fast twin."""
         tasks = self._tasks
         ref = tasks.alloc()
         if not ref:
@@ -200,7 +199,7 @@ class Scheduler(cf.Executor):
         fut._ref = ref
         self._futures[ref] = fut  # before the push: the completion may come at once
         # The push's release store publishes the record to the worker that pops it.
-        if not s.queue_push(self._layout.injector, ref):
+        if not s.queue_push(self._injector, ref):
             raise RuntimeError("penny: global queue full (broken invariant)")
         self._wake_workers.notify_one()
         return True
@@ -214,7 +213,7 @@ class Scheduler(cf.Executor):
                     self._backlog.popleft()
                     continue
                 try:
-                    if not self._inject(fut, fid, args, kwargs):
+                    if not self._try_inject(fut, fid, args, kwargs):
                         return
                 except BaseException as e:  # e.g. arguments that cannot be pickled
                     self._backlog.popleft()
@@ -222,7 +221,7 @@ class Scheduler(cf.Executor):
                     continue
                 self._backlog.popleft()
 
-    def _cancel(self, fut: _TaskFuture) -> bool:
+    def _cancel(self, fut: TaskFuture) -> bool:
         with self._backlog_lock:
             if fut._ref == 0:
                 for i, item in enumerate(self._backlog):
@@ -297,8 +296,9 @@ class Scheduler(cf.Executor):
     def _collect_loop(self) -> None:
         s = self._s
         comp = self._layout.completions
-        pop_many = s.queue_pop_many
+        collect = s.collect
         qlen = s.queue_len
+        futures = self._futures
         complete = self._complete
         spin = config.SPIN_ROUNDS
 
@@ -307,10 +307,16 @@ class Scheduler(cf.Executor):
 
         idle = 0
         while True:
-            refs = pop_many(comp, 1024)
-            if refs:
+            fast, slow = collect(1024, futures)
+            if fast or slow:
                 idle = 0
-                for ref in refs:
+                for fut, value in fast:
+                    if fut is not None:
+                        try:
+                            fut.set_result(value)
+                        except cf.InvalidStateError:
+                            pass  # cancelled by the caller in the meantime
+                for ref in slow:
                     complete(ref)
                 if self._backlog:
                     self._drain_backlog()

@@ -29,13 +29,10 @@ from .layout import (
     H_SHUTDOWN,
     H_SLEEPERS,
     R_FLAGS,
-    R_FN,
     RECORD_SIZE,
     S_CANCELLED,
     S_DONE,
     S_FAILED,
-    S_QUEUED,
-    S_RUNNING,
     STAT_NAMES,
     W_CURRENT,
     W_ID,
@@ -97,7 +94,10 @@ class Worker:
     def run(self) -> None:
         s = self.s
         pop, own = s.deque_pop, self.own
-        execute = self.execute
+        claim, finish = s.claim, s.finish
+        current = self.slice + W_CURRENT
+        by_id = self.functions._by_id
+        slow = self.execute_slow
         flush_every = config.STATS_FLUSH_EVERY
         counts = self.counts
         perf = time.perf_counter_ns
@@ -115,7 +115,25 @@ class Worker:
                         return
                     continue
             t0 = perf()
-            execute(ref)
+            # Fast path: inline arguments in, inline result out, three C calls.
+            item = claim(ref, current)
+            if item is None:
+                self.not_claimed(ref)
+            else:
+                fid, flags, args = item
+                fn = by_id.get(fid)
+                if fn is None or args is None:
+                    slow(ref, fid, flags, args)
+                else:
+                    try:
+                        value = fn(*args)
+                    except BaseException as exc:  # noqa: BLE001 - goes back to the caller
+                        self.finish_slow(ref, flags, exc, True)
+                        del exc
+                    else:
+                        if not finish(ref, value, current):
+                            self.finish_slow(ref, flags, value, False)
+                        value = None
             busy += perf() - t0
             ran += 1
             if ran >= flush_every:
@@ -127,31 +145,31 @@ class Worker:
                 if s.load32(H_SHUTDOWN, _core.RELAXED):
                     return
 
-    def execute(self, ref: int) -> None:
-        """Run the task `ref` names and publish its outcome."""
-        s = self.s
-        tasks = self.tasks
-        rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
-        if not tasks.transition(ref, S_QUEUED, S_RUNNING):
-            # Cancelled while queued: hand the record back to the main process.
-            if tasks.status(ref) == S_CANCELLED:
-                self.publish(ref)
-            return
-        # Relaxed: read only by the supervisor after this process died.
-        s.store64(self.slice + W_CURRENT, ref, _core.RELAXED)
-        # Relaxed: the claim's acquire ordered us after the submitter's writes.
-        fid = s.load32(rec + R_FN, _core.RELAXED)
-        flags = s.load32(rec + R_FLAGS, _core.RELAXED)
-        arena = self.arena
+    def not_claimed(self, ref: int) -> None:
+        # Cancelled while queued: hand the record back to the main process.
+        if self.tasks.status(ref) == S_CANCELLED:
+            self.publish(ref)
+
+    def execute_slow(self, ref: int, fid: int, flags: int, args) -> None:
+        """A claimed task whose function is not cached yet or whose arguments are pickled."""
+        rec = self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
         try:
             fn = self.functions.lookup(fid)
-            args, kwargs = marshal.decode_args(s, arena, rec, flags)
+            if args is None:
+                args, kwargs = marshal.decode_args(self.s, self.arena, rec, flags)
+            else:
+                kwargs = marshal._NO_KWARGS
             value = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
-            value, failed = exc, True
+            self.finish_slow(ref, flags, exc, True)
             del exc
         else:
-            failed = False
+            self.finish_slow(ref, flags, value, False)
+
+    def finish_slow(self, ref: int, flags: int, value, failed: bool) -> None:
+        """Publish an outcome that needs the arena: a pickled result or an exception."""
+        s, arena = self.s, self.arena
+        rec = self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
         # From here on the arguments are gone: a crash is no longer retried.
         flags |= F_ARGS_CONSUMED
         s.store32(rec + R_FLAGS, flags, _core.RELAXED)
@@ -164,10 +182,9 @@ class Worker:
                 del exc
         if failed:
             rflags = marshal.encode_exception(s, arena, rec, value)
-        status = S_FAILED if failed else S_DONE
         value = None
         s.store32(rec + R_FLAGS, (flags & ~F_RESULT_BLOB) | rflags, _core.RELAXED)
-        tasks.set_status(ref, status)  # release: the result is visible with the status
+        self.tasks.set_status(ref, S_FAILED if failed else S_DONE)  # release: result first
         s.store64(self.slice + W_CURRENT, 0, _core.RELAXED)
         self.publish(ref)
 
