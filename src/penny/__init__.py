@@ -21,12 +21,14 @@ from .errors import (
     UnknownFunctionError,
     WorkerCrashedError,
 )
+from .fibers import Handle, join, parallel_for, spawn, sync
 from .scheduler import Executor, Scheduler
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Executor",
+    "Handle",
     "NotImportableError",
     "PennyError",
     "Scheduler",
@@ -35,4 +37,8 @@ __all__ = [
     "UnknownFunctionError",
     "WorkerCrashedError",
     "__version__",
+    "join",
+    "parallel_for",
+    "spawn",
+    "sync",
 ]

@@ -71,7 +71,9 @@ typedef struct {
     int ready;
     Py_ssize_t tasks, capacity, record, free_head;   /* task table and its free list */
     Py_ssize_t r_state, r_fn, r_flags, r_link, r_inline, inline_size;
+    Py_ssize_t r_parent, r_join, r_owner;             /* fork-join fields */
     Py_ssize_t injector, completions;                /* MPMC rings */
+    Py_ssize_t inbox0, slice_stride;                 /* worker 0's inbox ring; slice size */
     Py_ssize_t sleepers, states, state_stride, nstates;      /* workers' parking words */
     Py_ssize_t coll_sleepers, coll_state;            /* the collector's parking word */
     uint32_t s_queued, s_running, s_done, s_free, f_args_blob, f_consumed, f_result_blob;
@@ -1133,9 +1135,10 @@ S_set_tasks(Shared *s, PyObject *args)
 {
     TaskGeometry g;
     memset(&g, 0, sizeof g);
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnnnnIIIIIII:set_tasks", &g.tasks, &g.capacity, &g.record,
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnnnnnnnnnIIIIIII:set_tasks", &g.tasks, &g.capacity, &g.record,
                           &g.free_head, &g.r_state, &g.r_fn, &g.r_flags, &g.r_link, &g.r_inline,
-                          &g.inline_size, &g.injector, &g.completions, &g.sleepers, &g.states,
+                          &g.inline_size, &g.r_parent, &g.r_join, &g.r_owner, &g.inbox0, &g.slice_stride,
+                          &g.injector, &g.completions, &g.sleepers, &g.states,
                           &g.state_stride, &g.nstates, &g.coll_sleepers, &g.coll_state, &g.s_queued,
                           &g.s_running, &g.s_done, &g.s_free, &g.f_args_blob, &g.f_consumed,
                           &g.f_result_blob))
@@ -1143,9 +1146,11 @@ S_set_tasks(Shared *s, PyObject *args)
     if (!span(s, g.tasks, g.capacity * g.record) || !span(s, g.free_head, 8) ||
         !span(s, g.states, g.state_stride * (g.nstates - 1) + 4) || !span(s, g.coll_state, 4) ||
         !span(s, g.sleepers, 4) || !span(s, g.coll_sleepers, 4) ||
-        !span(s, g.injector, Q_SLOTS + 16 * g.capacity) || !span(s, g.completions, Q_SLOTS + 16 * g.capacity))
+        !span(s, g.injector, Q_SLOTS + 16 * g.capacity) || !span(s, g.completions, Q_SLOTS + 16 * g.capacity) ||
+        !span(s, g.inbox0 + (g.nstates - 1) * g.slice_stride, Q_SLOTS + 16 * g.capacity))
         return NULL;
     if (g.record % 64 || g.r_state % 8 || g.r_link % 8 || g.r_fn % 4 || g.r_flags % 4 ||
+        g.r_parent % 8 || g.r_join % 4 || g.r_owner % 4 || g.inbox0 % 64 || g.slice_stride % 64 ||
         g.r_inline + g.inline_size > g.record || g.nstates < 1) {
         PyErr_SetString(PyExc_ValueError, "bad task geometry");
         return NULL;
@@ -1290,20 +1295,20 @@ S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return key;
 }
 
-/* claim(ref, current_off) -> (fid, flags, args or None) or None.
+/* claim(ref, current_off, wid) -> (fid, flags, args or None) or None.
  * Worker: CAS the record QUEUED -> RUNNING (AcqRel: we see the submitter's
  * writes), note it as current, and decode inline arguments.  None means the
  * task is not queued any more (cancelled); args None means they are pickled. */
 static PyObject *
 S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
-    NARGS(2, "claim");
+    NARGS(3, "claim");
     if (need_tasks(s) < 0)
         return NULL;
     TaskGeometry *g = &s->g;
-    uint64_t ref;
+    uint64_t ref, wid;
     a64 *cur = addr(s, args[1], 8);
-    if (!cur || as_u64(args[0], &ref) < 0)
+    if (!cur || as_u64(args[0], &ref) < 0 || as_u64(args[2], &wid) < 0)
         return NULL;
     Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
     if (idx < 0 || idx >= g->capacity)
@@ -1317,6 +1322,11 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     /* Relaxed: read only by the supervisor after this process has died. */
     atomic_store_explicit(cur, ref, memory_order_relaxed);
+    /* Relaxed: no child exists yet; children see these through the release
+     * push of their own spawn.  join starts at 1: the running task's token
+     * (see fibers.py, "suspend"). */
+    atomic_store_explicit((a32 *)(rec + g->r_owner), (uint32_t)wid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + g->r_join), 1, memory_order_relaxed);
     uint32_t fid = atomic_load_explicit((a32 *)(rec + g->r_fn), memory_order_relaxed);
     uint32_t flags = atomic_load_explicit((a32 *)(rec + g->r_flags), memory_order_relaxed);
     PyObject *a;
@@ -1336,10 +1346,68 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return r;
 }
 
+/* Route a finished task (its status already stored, `parent` read before
+ * that store, since the record may be freed by its reader right after).
+ * A root task goes to the completion ring and wakes the collector.  A child
+ * gives up its count on the parent: AcqRel, so the parent that reads the
+ * count as settled sees our result; the child that takes the count to zero
+ * (the parent has released its own token: it is suspended) posts the
+ * parent's ref to its owner's inbox and wakes the owner. */
+static int
+route(Shared *s, uint64_t ref, uint64_t parent)
+{
+    TaskGeometry *g = &s->g;
+    uint64_t mask = (uint64_t)(g->capacity - 1);
+    if (parent == 0) {
+        if (!mq_push(s->base + g->completions, mask, ref)) {
+            PyErr_SetString(PyExc_RuntimeError, "completion queue full (broken invariant)");
+            return -1;
+        }
+        wake_one(s, g->coll_sleepers, g->coll_state, 4, 1, 0);
+        return 0;
+    }
+    Py_ssize_t pidx = (Py_ssize_t)(parent & 0xffffffffu) - 1;
+    if (pidx < 0 || pidx >= g->capacity) {
+        PyErr_Format(PyExc_RuntimeError, "corrupt parent ref %llu", (unsigned long long)parent);
+        return -1;
+    }
+    char *prec = s->base + g->tasks + pidx * g->record;
+    if (atomic_fetch_sub_explicit((a32 *)(prec + g->r_join), 1, memory_order_acq_rel) == 1) {
+        /* Relaxed: the owner was stored before the parent's token release,
+         * which our acq_rel RMW synchronised with. */
+        uint32_t owner = atomic_load_explicit((a32 *)(prec + g->r_owner), memory_order_relaxed);
+        if ((Py_ssize_t)owner >= g->nstates) {
+            PyErr_Format(PyExc_RuntimeError, "corrupt owner %u", owner);
+            return -1;
+        }
+        if (!mq_push(s->base + g->inbox0 + owner * g->slice_stride, mask, parent)) {
+            PyErr_SetString(PyExc_RuntimeError, "inbox full (broken invariant)");
+            return -1;
+        }
+        wake_one(s, g->sleepers, g->states + owner * g->state_stride, g->state_stride, 1, 0);
+    }
+    return 0;
+}
+
+/* publish(ref, parent): route a task whose status the caller stored. */
+static PyObject *
+S_publish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "publish");
+    if (need_tasks(s) < 0)
+        return NULL;
+    uint64_t ref, parent;
+    if (as_u64(args[0], &ref) < 0 || as_u64(args[1], &parent) < 0)
+        return NULL;
+    if (route(s, ref, parent) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* finish(ref, value, current_off) -> bool.  Worker: if `value` fits inline,
- * store it, mark the task DONE (release), clear current, push the ref to the
- * completion ring and wake the collector if it sleeps.  False: nothing was
- * done (the caller pickles).  Only for tasks whose arguments were inline. */
+ * store it, mark the task DONE (release), clear current and route it (see
+ * route).  False: nothing was done (the caller pickles).  Only for tasks
+ * whose arguments were inline. */
 static PyObject *
 S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1359,17 +1427,118 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     *p = 1;
     if (pack_one(args[1], p + 1, p + g->inline_size) < 0)
         Py_RETURN_FALSE;
+    /* Relaxed: written by the spawner before the release that published us. */
+    uint64_t parent = atomic_load_explicit((a64 *)(rec + g->r_parent), memory_order_relaxed);
     a32 *flags = (a32 *)(rec + g->r_flags);
     uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
     atomic_store_explicit(flags, (f | g->f_consumed) & ~g->f_result_blob, memory_order_relaxed);
-    /* Release: the result is visible to whoever acquires the status. */
+    /* Release: the result is visible to whoever acquires the status.  The
+     * record is not ours after this store. */
     atomic_store_explicit((a64 *)(rec + g->r_state), ((uint64_t)g->s_done << 32) | (ref >> 32),
                           memory_order_release);
     atomic_store_explicit(cur, 0, memory_order_relaxed);
-    if (!mq_push(s->base + g->completions, (uint64_t)(g->capacity - 1), ref))
-        return PyErr_Format(PyExc_RuntimeError, "completion queue full (broken invariant)");
-    wake_one(s, g->coll_sleepers, g->coll_state, 4, 1, 0);
+    if (route(s, ref, parent) < 0)
+        return NULL;
     Py_RETURN_TRUE;
+}
+
+/* spawn(fid, args, parent, deque_off) -> ref; 0 when no record is free; -1
+ * when the arguments are not inlinable (nothing was taken).  Worker: a child
+ * record with inline arguments, counted on the parent's join, pushed on the
+ * worker's own deque (spilled to the global queue when full); one sleeper
+ * is woken to steal it. */
+static PyObject *
+S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(4, "spawn");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t fid, parent, dmask;
+    if (as_u64(args[0], &fid) < 0 || as_u64(args[2], &parent) < 0)
+        return NULL;
+    char *dq = deque_at(s, args[3], &dmask);
+    if (!dq)
+        return NULL;
+    Py_ssize_t pidx = (Py_ssize_t)(parent & 0xffffffffu) - 1;
+    if (pidx < 0 || pidx >= g->capacity)
+        return PyErr_Format(PyExc_ValueError, "bad parent ref %llu", (unsigned long long)parent);
+    PyObject *seq = args[1];
+    Py_ssize_t n;
+    PyObject **items;
+    if (PyTuple_CheckExact(seq)) {
+        n = PyTuple_GET_SIZE(seq);
+        items = &PyTuple_GET_ITEM(seq, 0);
+    } else if (PyList_CheckExact(seq)) {
+        n = PyList_GET_SIZE(seq);
+        items = &PyList_GET_ITEM(seq, 0);
+    } else {
+        return PyLong_FromLong(-1);
+    }
+    if (n > 255)
+        return PyLong_FromLong(-1);
+    a64 *head = (a64 *)(s->base + g->free_head);
+    char *tbase = s->base + g->tasks;
+    Py_ssize_t idx = tagged_pop(head, tbase, g->record, g->r_link, g->capacity);
+    if (idx < 0)
+        return PyLong_FromLong(0);
+    char *rec = tbase + idx * g->record;
+    char *p = rec + g->r_inline, *end = p + g->inline_size, *q = p + 1;
+    *p = (char)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t w = pack_one(items[i], q, end);
+        if (w < 0) {
+            tagged_push(head, tbase, g->record, g->r_link, idx);
+            return PyLong_FromLong(-1);
+        }
+        q += w;
+    }
+    a64 *state = (a64 *)(rec + g->r_state);
+    uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
+    uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
+    /* Relaxed: published by the release store of the state. */
+    atomic_store_explicit((a32 *)(rec + g->r_fn), (uint32_t)fid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + g->r_flags), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + g->r_parent), parent, memory_order_relaxed);
+    /* Relaxed RMW: the count is only read as settled through the acq_rel
+     * decrements of the children, which this increment happens-before (it
+     * precedes the release push that lets the child run). */
+    atomic_fetch_add_explicit((a32 *)(tbase + pidx * g->record + g->r_join), 1, memory_order_relaxed);
+    atomic_store_explicit(state, ((uint64_t)g->s_queued << 32) | gen, memory_order_release);
+    if (!cl_push(dq, dmask, ref) && !mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref))
+        return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+    wake_one(s, g->sleepers, g->states, g->state_stride, g->nstates, 0);
+    return PyLong_FromUnsignedLongLong(ref);
+}
+
+/* pop_child(deque_off, parent) -> ref or 0.  Owner: pop the bottom of its
+ * deque if it is a child of `parent`; otherwise push it back and return 0. */
+static PyObject *
+S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "pop_child");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t dmask, parent;
+    char *dq = deque_at(s, args[0], &dmask);
+    if (!dq || as_u64(args[1], &parent) < 0)
+        return NULL;
+    int64_t ref = cl_pop(dq, dmask);
+    if (ref <= 0)
+        return PyLong_FromLong(0);
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
+    if (idx < 0 || idx >= g->capacity)
+        return PyErr_Format(PyExc_RuntimeError, "corrupt ref %lld in deque", (long long)ref);
+    /* Relaxed: the record was published to us by our own push. */
+    uint64_t p = atomic_load_explicit((a64 *)(s->base + g->tasks + idx * g->record + g->r_parent),
+                                      memory_order_relaxed);
+    if (p == parent)
+        return PyLong_FromLongLong(ref);
+    /* Not ours to run here: put it back where it was (we are the owner and
+     * just emptied that slot, so the push cannot fail). */
+    cl_push(dq, dmask, (uint64_t)ref);
+    return PyLong_FromLong(0);
 }
 
 /* collect(max, futures) -> (fast, slow).  Collector: pop up to `max` finished
@@ -1533,8 +1702,11 @@ static PyMethodDef Shared_methods[] = {
     {"unpack_inline", (PyCFunction)(void (*)(void))S_unpack_inline, METH_FASTCALL, "unpack_inline(off, cap) -> tuple"},
     {"set_tasks", (PyCFunction)S_set_tasks, METH_VARARGS, "set_tasks(...): where the task table, rings and parking words are (layout.py)"},
     {"inject", (PyCFunction)(void (*)(void))S_inject, METH_FASTCALL, "inject(fid, args, future, futures) -> ref, 0 (table full) or -1 (not inlinable)"},
-    {"claim", (PyCFunction)(void (*)(void))S_claim, METH_FASTCALL, "claim(ref, current_off) -> (fid, flags, args|None) or None"},
+    {"claim", (PyCFunction)(void (*)(void))S_claim, METH_FASTCALL, "claim(ref, current_off, wid) -> (fid, flags, args|None) or None"},
     {"finish", (PyCFunction)(void (*)(void))S_finish, METH_FASTCALL, "finish(ref, value, current_off) -> bool"},
+    {"publish", (PyCFunction)(void (*)(void))S_publish, METH_FASTCALL, "publish(ref, parent): route a finished task"},
+    {"spawn", (PyCFunction)(void (*)(void))S_spawn, METH_FASTCALL, "spawn(fid, args, parent, deque_off) -> ref, 0 or -1"},
+    {"pop_child", (PyCFunction)(void (*)(void))S_pop_child, METH_FASTCALL, "pop_child(deque_off, parent) -> ref or 0"},
     {"collect", (PyCFunction)(void (*)(void))S_collect, METH_FASTCALL, "collect(max, futures) -> (fast, slow)"},
     {"write_bytes", (PyCFunction)(void (*)(void))S_write_bytes, METH_FASTCALL, "write_bytes(off, data)"},
     {"read_bytes", (PyCFunction)(void (*)(void))S_read_bytes, METH_FASTCALL, "read_bytes(off, n) -> bytes"},

@@ -76,8 +76,13 @@ STAT_NAMES = (
     "wakeups",         # times it was woken by a notification
     "busy_ns",         # nanoseconds spent running tasks
     "spilled",         # refs pushed to the global queue because the deque was full
+    "spawns",          # children spawned by tasks on this worker
+    "published",       # of those, children given a record (others ran as plain calls)
+    "suspends",        # tasks suspended in sync (their fiber parked)
+    "resumes",         # suspended tasks resumed
 )
-W_DEQUE = 2 * LINE     # Chase-Lev deque (header + ring)
+W_DEQUE = W_STATS + (8 * len(STAT_NAMES) + LINE - 1) // LINE * LINE
+# ^ Chase-Lev deque (header + ring); the worker's inbox ring follows it
 
 # ---- task record fields (byte offsets from the record) ----
 RECORD_SIZE = 128
@@ -89,7 +94,9 @@ R_PARENT = 24          # u64 ref of the parent task (0 for a root task)
 R_BLOB = 32            # u64 arena offset of pickled args, then of the pickled result
 R_BLOB_LEN = 40        # u64 its length in bytes
 R_ATTEMPTS = 48        # u32 times the task was started (crash retries)
-R_INLINE = 56          # inline arguments, then the inline result
+R_JOIN = 52            # u32 1 (the running task's token) + children not yet finished
+R_OWNER = 56           # u32 worker running the task (where its continuation lives)
+R_INLINE = 64          # inline arguments, then the inline result
 INLINE_SIZE = RECORD_SIZE - R_INLINE
 
 # task status (the high half of R_STATE)
@@ -155,7 +162,7 @@ class Layout:
 
     @cached_property
     def slice_size(self) -> int:
-        return _align(W_DEQUE + self.deque_size)
+        return _align(W_DEQUE + self.deque_size) + self.queue_size
 
     @property
     def slices(self) -> int:
@@ -166,6 +173,10 @@ class Layout:
 
     def deque(self, w: int) -> int:
         return self.slice(w) + W_DEQUE
+
+    def inbox(self, w: int) -> int:
+        """Ring of refs of this worker's suspended tasks that may resume."""
+        return self.slice(w) + _align(W_DEQUE + self.deque_size)
 
     def state(self, w: int) -> int:
         return self.slice(w) + W_STATE
@@ -236,6 +247,7 @@ def bind(shared: "_core.Shared", layout: Layout) -> None:
     shared.set_tasks(
         layout.tasks, layout.task_capacity, RECORD_SIZE, H_TASK_FREE,
         R_STATE, R_FN, R_FLAGS, R_LINK, R_INLINE, INLINE_SIZE,
+        R_PARENT, R_JOIN, R_OWNER, layout.inbox(0), layout.slice_size,
         layout.injector, layout.completions,
         H_SLEEPERS, layout.state(0), layout.slice_size, layout.workers,
         H_COLLECTOR_SLEEPERS, H_COLLECTOR,

@@ -93,6 +93,7 @@ class Region:
         s.store32(H_MAIN_PID, os.getpid(), _core.RELAXED)
         for w in range(lay.workers):
             s.deque_init(lay.deque(w), lay.deque_capacity)
+            s.queue_init(lay.inbox(w), lay.task_capacity)
         s.queue_init(lay.injector, lay.task_capacity)
         s.queue_init(lay.completions, lay.task_capacity)
         # Release: everything above is visible to a process that reads the

@@ -52,6 +52,22 @@ from .supervisor import Supervisor
 from .tasks import TaskTable
 
 _live: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
+_current: "weakref.ref[Scheduler] | None" = None
+
+
+def current_scheduler() -> "Scheduler":
+    """The scheduler that penny.spawn/join/parallel_for use outside tasks: the
+    one whose ``with`` block is innermost, else the most recently created."""
+    sched = _current() if _current is not None else None
+    if sched is None or sched._closed:
+        live = [x for x in list(_live) if not x._closed]
+        if not live:
+            raise SchedulerClosedError(
+                "penny: no running Scheduler; create one (penny.Scheduler()) before calling "
+                "penny.spawn, penny.join or penny.parallel_for outside a task"
+            )
+        sched = live[-1]
+    return sched
 
 
 def _default_start_method() -> str:
@@ -134,6 +150,11 @@ class Scheduler(cf.Executor):
             self._teardown(force=True)
             raise
         _live.add(self)
+        self._make_current()
+
+    def _make_current(self) -> None:
+        global _current
+        _current = weakref.ref(self)
 
     # ---- submitting ---------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
@@ -458,6 +479,7 @@ class Scheduler(cf.Executor):
             self._torn_down.set()
 
     def __enter__(self):
+        self._make_current()
         return self
 
     def __exit__(self, exc_type, exc, tb):

@@ -17,10 +17,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import time
+
+from greenlet import getcurrent, greenlet
 
 from . import _core, config, marshal
 from .arena import Arena
+from .fibers import ForkJoin
 from .layout import (
     F_ARGS_CONSUMED,
     F_RESULT_BLOB,
@@ -29,10 +33,14 @@ from .layout import (
     H_SHUTDOWN,
     H_SLEEPERS,
     R_FLAGS,
+    R_FN,
+    R_JOIN,
+    R_PARENT,
     RECORD_SIZE,
     S_CANCELLED,
     S_DONE,
     S_FAILED,
+    S_QUEUED,
     STAT_NAMES,
     W_CURRENT,
     W_ID,
@@ -45,6 +53,8 @@ from .tasks import TaskTable
 
 _EMPTY = _core.EMPTY
 _RETRY = _core.RETRY
+
+NEW_FIBER = "new-fiber"  # what a suspending task sends the root greenlet
 
 #: The Worker running in this process (None in the main process).
 current = None
@@ -60,6 +70,12 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     try:
         current = Worker(region, wid, static_functions, start_method, seed)
         current.run()
+        if current.fork.suspended:
+            # Stopped with continuations parked (shutdown that did not wait):
+            # their frames must not be unwound into a closed region.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     finally:
         current = None
         region.close()
@@ -85,6 +101,10 @@ class Worker:
         self.main_pid = region.main_pid
         self.rng = random.Random(seed)
         self.counts = dict.fromkeys(STAT_NAMES, 0)
+        self.current = self.slice + W_CURRENT   # offset of our "current task" word
+        self.inbox = lay.inbox(wid)
+        self.by_id = self.functions._by_id
+        self.fork = ForkJoin(self)
         self.stats_base = lay.stats(wid)
         s.store32(self.slice + W_ID, wid, _core.RELAXED)
         # Release: the supervisor reads the pid to know this worker attached.
@@ -92,79 +112,101 @@ class Worker:
 
     # ---- the loop ---------------------------------------------------------
     def run(self) -> None:
+        """Run the loop on fibers; returns when the worker should exit.
+
+        This root greenlet makes every loop fiber, so each starts at a shallow
+        Python recursion depth (a greenlet inherits its creator's depth): a
+        suspending task asks for a new fiber by switching here with NEW_FIBER.
+        """
+        root = self.fork.root = getcurrent()
+        while greenlet(self.loop, parent=root).switch() is NEW_FIBER:
+            pass
+
+    def loop(self) -> None:
+        """The worker loop.  Several fibers may run it in turn (fibers.py)."""
         s = self.s
         pop, own = s.deque_pop, self.own
-        claim, finish = s.claim, s.finish
-        current = self.slice + W_CURRENT
-        by_id = self.functions._by_id
-        slow = self.execute_slow
+        inbox, qpop = self.inbox, s.queue_pop
+        fork = self.fork
+        run_task = self.run_task
         flush_every = config.STATS_FLUSH_EVERY
         counts = self.counts
         perf = time.perf_counter_ns
         ran = 0
-        busy = 0
         while True:
+            if fork.suspended:
+                ref = qpop(inbox)
+                if ref > 0:
+                    fork.resume(ref)
+                    continue
             ref = pop(own)
             if ref == _EMPTY:
                 ref = self.find_work()
                 if ref == _EMPTY:
                     counts["tasks"] += ran
-                    counts["busy_ns"] += busy
-                    ran = busy = 0
+                    ran = 0
                     if not self.idle():
                         return
                     continue
             t0 = perf()
-            # Fast path: inline arguments in, inline result out, three C calls.
-            item = claim(ref, current)
-            if item is None:
-                self.not_claimed(ref)
-            else:
-                fid, flags, args = item
-                fn = by_id.get(fid)
-                if fn is None or args is None:
-                    slow(ref, fid, flags, args)
-                else:
-                    try:
-                        value = fn(*args)
-                    except BaseException as exc:  # noqa: BLE001 - goes back to the caller
-                        self.finish_slow(ref, flags, exc, True)
-                        del exc
-                    else:
-                        if not finish(ref, value, current):
-                            self.finish_slow(ref, flags, value, False)
-                        value = None
-            busy += perf() - t0
+            run_task(ref)
+            counts["busy_ns"] += perf() - t0
             ran += 1
             if ran >= flush_every:
                 counts["tasks"] += ran
-                counts["busy_ns"] += busy
-                ran = busy = 0
+                ran = 0
                 self.flush_stats()
                 # Relaxed: a hint; shutdown also wakes us explicitly.
                 if s.load32(H_SHUTDOWN, _core.RELAXED):
                     return
 
+    def run_task(self, ref: int) -> None:
+        """Claim, run and finish one task (from the loop, or inline from a sync)."""
+        s = self.s
+        item = s.claim(ref, self.current, self.wid)
+        if item is None:
+            self.not_claimed(ref)
+            return
+        fid, flags, args = item
+        fork = self.fork
+        outer = fork.task
+        fork.task = ref
+        try:
+            fn = self.by_id.get(fid)
+            if fn is None or args is None:
+                fn, args, kwargs = self.resolve(ref, fid, flags, args)
+                value = fn(*args, **kwargs)
+            else:
+                value = fn(*args)
+            failed = False
+        except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
+            value, failed = exc, True
+            del exc
+        if ref in fork.published or (fork.private and fork.private[-1].parent == ref):
+            err = fork.end_task(ref)  # implicit sync: children finish before their parent
+            if err is not None and not failed:
+                value, failed = err, True
+        fork.task = outer
+        if failed or not s.finish(ref, value, self.current):
+            self.finish_slow(ref, flags, value, failed)
+        value = None
+        if outer:
+            s.store64(self.current, outer, _core.RELAXED)  # the enclosing task runs on
+
+    def resolve(self, ref: int, fid: int, flags: int, args):
+        """Function and arguments of a task off the fast path (pickled, or new id)."""
+        rec = self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        fn = self.functions.lookup(fid)
+        if args is None:
+            args, kwargs = marshal.decode_args(self.s, self.arena, rec, flags)
+        else:
+            kwargs = marshal._NO_KWARGS
+        return fn, args, kwargs
+
     def not_claimed(self, ref: int) -> None:
         # Cancelled while queued: hand the record back to the main process.
         if self.tasks.status(ref) == S_CANCELLED:
-            self.publish(ref)
-
-    def execute_slow(self, ref: int, fid: int, flags: int, args) -> None:
-        """A claimed task whose function is not cached yet or whose arguments are pickled."""
-        rec = self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
-        try:
-            fn = self.functions.lookup(fid)
-            if args is None:
-                args, kwargs = marshal.decode_args(self.s, self.arena, rec, flags)
-            else:
-                kwargs = marshal._NO_KWARGS
-            value = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
-            self.finish_slow(ref, flags, exc, True)
-            del exc
-        else:
-            self.finish_slow(ref, flags, value, False)
+            self.s.publish(ref, 0)
 
     def finish_slow(self, ref: int, flags: int, value, failed: bool) -> None:
         """Publish an outcome that needs the arena: a pickled result or an exception."""
@@ -184,15 +226,34 @@ class Worker:
             rflags = marshal.encode_exception(s, arena, rec, value)
         value = None
         s.store32(rec + R_FLAGS, (flags & ~F_RESULT_BLOB) | rflags, _core.RELAXED)
+        # Read before the status store: the record may be freed right after it.
+        parent = s.load64(rec + R_PARENT, _core.RELAXED)
         self.tasks.set_status(ref, S_FAILED if failed else S_DONE)  # release: result first
-        s.store64(self.slice + W_CURRENT, 0, _core.RELAXED)
-        self.publish(ref)
+        s.store64(self.current, 0, _core.RELAXED)
+        s.publish(ref, parent)
 
-    def publish(self, ref: int) -> None:
-        """Send a finished ref to the main process and wake its collector if asleep."""
-        if not self.s.queue_push(self.lay.completions, ref):
-            raise RuntimeError("penny: completion queue full (broken invariant)")
-        self.wake_main.notify_one()
+    def spawn_slow(self, fid: int, args, kwargs, parent: int) -> int:
+        """Publish a child whose arguments must be pickled; its ref, or 0 if no record is free.
+        The Python twin of `Shared.spawn`, with the same orderings."""
+        s, tasks = self.s, self.tasks
+        ref = tasks.alloc()
+        if not ref:
+            return 0
+        rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        try:
+            flags = marshal.encode_args(s, self.arena, rec, args, kwargs)
+        except BaseException:
+            tasks.free(ref)
+            raise
+        s.store32(rec + R_FN, fid, _core.RELAXED)
+        s.store32(rec + R_FLAGS, flags, _core.RELAXED)
+        s.store64(rec + R_PARENT, parent, _core.RELAXED)
+        prec = tasks.base + ((parent & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        s.fetch_add32(prec + R_JOIN, 1, _core.RELAXED)  # see Shared.spawn
+        tasks.set_status(ref, S_QUEUED)
+        self.push(ref)
+        self.wake_worker.notify_one(self.wid + 1)
+        return ref
 
     # ---- finding work (cold path) -------------------------------------------
     def find_work(self) -> int:
@@ -247,6 +308,8 @@ class Worker:
         s = self.s
         if s.queue_len(self.lay.injector) or s.deque_len(self.own):
             return True
+        if self.fork.suspended and s.queue_len(self.inbox):
+            return True
         return any(s.deque_len(v) for v in self.victims)
 
     # ---- idling (cold path) -------------------------------------------------
@@ -287,6 +350,7 @@ class Worker:
 
     def flush_stats(self) -> None:
         s, base = self.s, self.stats_base
+        self.counts["spawns"] = self.fork.spawns
         for i, name in enumerate(STAT_NAMES):
             # Relaxed: this worker is the only writer; readers want a snapshot.
             s.store64(base + 8 * i, self.counts[name], _core.RELAXED)

@@ -1,0 +1,472 @@
+"""Nested fork-join inside tasks: spawn, sync, and continuations on fibers.
+
+A spawned child starts *private*: a handle in this worker's private deque,
+no record, no atomic.  If the parent syncs it before anyone wanted it, it is
+simply called (the common, unstolen case costs a few Python calls).  The
+child is *published* (given a task record and pushed on the worker's shared
+Chase-Lev deque, where thieves steal from the top) only when another worker
+is idle: each spawn looks at the sleeper count and, if someone sleeps and our
+shared deque is empty, publishes the oldest private child, the biggest piece
+of work in a divide-and-conquer recursion (lazy task creation).
+
+Waiting for a published child (`sync`):
+
+1. if it is done, take its result and free its record;
+2. else pop the children of this task from our own shared deque and run them
+   inline (on this stack) until it is done;
+3. else it was stolen: *suspend*.  The running task holds one count on its
+   own record's join counter (its token; every published child holds one
+   more).  The task publishes its remaining private children, parks its
+   fiber (a greenlet: its Python frames stay intact), gives up its token, and
+   the worker goes on with its loop on a pooled fiber.  The child that takes
+   the count to zero knows the parent's token is gone, so the parent is
+   suspended: it posts the parent's ref to the owner worker's inbox and wakes
+   it.  The owner's loop finds the ref and switches back to the fiber;
+   `sync` returns.  A continuation never moves between processes.
+
+Inline nesting is capped (_MAX_DEPTH): past it, a sync suspends
+instead of running the child on the same stack, and a fresh fiber (with its
+own recursion depth) runs it, so spawn chains of any depth finish without
+hitting Python's recursion limit.
+
+Every task ends with an implicit sync: private children still pending are
+run, published ones are waited for and their records freed; an exception of
+a child nobody synced fails the parent.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from greenlet import getcurrent
+
+from . import _core, config, marshal
+from .errors import PennyError
+from .layout import H_SLEEPERS, R_FLAGS, R_JOIN, RECORD_SIZE, S_DONE, S_FAILED
+
+_PRIVATE, _PUBLISHED, _DONE = 0, 1, 2
+_MAX_DEPTH = config.MAX_INLINE_DEPTH
+_NO_KWARGS: dict = {}
+
+#: This process's ForkJoin when it is a worker (None in the main process).
+_fork: "ForkJoin | None" = None
+
+
+class Handle:
+    """A child spawned by the running task.  `sync(handle)` or `handle.result()`."""
+
+    __slots__ = ("state", "fid", "fn", "args", "kwargs", "parent", "ref", "value", "failed", "observed")
+
+    def __init__(self, fid, fn, args, kwargs, parent):
+        self.state = _PRIVATE
+        self.fid = fid
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.parent = parent  # ref of the task that spawned it
+        self.ref = 0
+        self.failed = False
+        self.observed = False
+
+    def result(self):
+        fork = _fork
+        if fork is None:
+            raise PennyError("penny: a task's handle can only be synced inside the task that spawned it")
+        return fork.sync(self)
+
+    def done(self) -> bool:
+        return self.state == _DONE
+
+    def __repr__(self):
+        state = ("private", "published", "done")[self.state]
+        return f"<penny.Handle {state} ref={self.ref:#x}>"
+
+
+class ForkJoin:
+    """One worker's fork-join machinery (private deque, suspended fibers, pool)."""
+
+    def __init__(self, worker):
+        global _fork
+        _fork = self
+        self.w = worker
+        self.s = worker.s
+        self.task = 0                   # ref of the task running now (0: none)
+        self.spawns = 0                 # counters flushed into the worker's stats
+        self._sleepers = worker.s.load32
+        self.private: collections.deque = collections.deque()
+        self.suspended: dict = {}       # parent ref -> (greenlet) waiting for its children
+        self.pool: list = []            # idle loop fibers, reused instead of created
+        self.published: dict = {}       # task ref -> set of its published, untaken handles
+        self.fids: dict = {}            # function -> id, this worker's cache
+        self.depth = 0                  # inline nesting on the current fiber
+        self.root = None                # the process's main greenlet
+
+    # ---- spawn ---------------------------------------------------------------------
+    def spawn(self, fn, args, kwargs) -> Handle:
+        fid = self.fids.get(fn)
+        if fid is None:
+            fid = self.fids[fn] = self.w.functions.id_for(fn)
+        h = Handle(fid, fn, args, kwargs, self.task)
+        self.private.append(h)
+        self.spawns += 1
+        # Relaxed: a hint that someone is idle; the wake inside publish is exact.
+        if self._sleepers(H_SLEEPERS, _core.RELAXED) and not self.s.deque_len(self.w.own):
+            self.publish_oldest()
+        return h
+
+    def publish_oldest(self) -> None:
+        priv = self.private
+        while priv:
+            h = priv.popleft()
+            if h.state != _PRIVATE:
+                continue
+            if not self.publish(h):
+                priv.appendleft(h)
+            return
+
+    def publish(self, h: Handle) -> bool:
+        """Give a private child a record on our shared deque.  False if no record is free."""
+        w = self.w
+        ref = -1 if h.kwargs else self.s.spawn(h.fid, h.args, h.parent, w.own)
+        if ref < 0:
+            ref = w.spawn_slow(h.fid, h.args, h.kwargs, h.parent)
+        if ref == 0:
+            return False
+        h.state = _PUBLISHED
+        h.ref = ref
+        h.fn = h.args = h.kwargs = None
+        pub = self.published.get(h.parent)
+        if pub is None:
+            self.published[h.parent] = {h}
+        else:
+            pub.add(h)
+        w.counts["published"] += 1
+        return True
+
+    # ---- sync ----------------------------------------------------------------------
+    def sync(self, h: Handle):
+        """The child's result (its exception re-raised here)."""
+        if h.state == _PRIVATE:
+            priv = self.private
+            if priv and priv[-1] is h and self.depth < _MAX_DEPTH and h.parent == self.task:
+                # The common case: nobody wanted it; call it here.
+                priv.pop()
+                return self.run_private(h)
+        elif h.state == _DONE:
+            return self._outcome(h)
+        if h.parent != self.task:
+            raise PennyError("penny: a handle can only be synced by the task that spawned it")
+        if h.state == _PRIVATE:
+            priv = self.private
+            if priv and priv[-1] is h:
+                priv.pop()
+            else:
+                priv.remove(h)
+            if self.depth < _MAX_DEPTH:
+                return self.run_private(h)
+            # Too deep for this stack: publish it and let a fresh fiber run it.
+            if not self.publish(h):
+                return self.run_private(h)
+        self.wait_for(h)
+        return self._outcome(h)
+
+    def run_private(self, h: Handle):
+        h.state = _DONE
+        h.observed = True
+        fn, args, kwargs = h.fn, h.args, h.kwargs
+        h.fn = h.args = h.kwargs = None
+        self.depth += 1
+        try:
+            value = fn(*args, **kwargs) if kwargs else fn(*args)
+        except BaseException as e:
+            h.failed = True
+            h.value = e
+            raise
+        finally:
+            self.depth -= 1
+        h.value = value
+        return value
+
+    def _outcome(self, h: Handle):
+        h.observed = True
+        if h.failed:
+            raise h.value
+        return h.value
+
+    def wait_for(self, h: Handle) -> None:
+        """Until the published child `h` is done: help, then suspend."""
+        w = self.w
+        tasks = w.tasks
+        parent = h.parent
+        while True:
+            st = tasks.status(h.ref)
+            if st == S_DONE or st == S_FAILED:
+                self.take(h)
+                return
+            if self.depth >= _MAX_DEPTH:
+                break
+            ref = self.s.pop_child(w.own, parent)
+            if not ref:
+                break
+            self.run_inline(ref)
+        # Stolen (or too deep): wait for every published child of this task.
+        self.wait_all(parent, help=False)
+        self.take(h)
+
+    def wait_all(self, parent: int, help: bool = True) -> None:
+        """Until every published child of task `parent` has finished."""
+        w = self.w
+        join = w.tasks.base + ((parent & 0xFFFF_FFFF) - 1) * RECORD_SIZE + R_JOIN
+        load32 = self.s.load32
+        # Acquire: pairs with the children's acq_rel decrements (their results).
+        while load32(join, _core.ACQUIRE) > 1:
+            if not help or self.depth >= _MAX_DEPTH:
+                break
+            ref = self.s.pop_child(w.own, parent)
+            if not ref:
+                break
+            self.run_inline(ref)
+        if load32(join, _core.ACQUIRE) > 1:
+            self.suspend(parent, join)
+
+    def run_inline(self, ref: int) -> None:
+        self.depth += 1
+        try:
+            self.w.run_task(ref)
+        finally:
+            self.depth -= 1
+
+    def take(self, h: Handle) -> None:
+        """Read a finished published child's outcome into its handle and free its record."""
+        w = self.w
+        s, tasks = self.s, w.tasks
+        rec = tasks.base + ((h.ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        st = tasks.status(h.ref)  # acquire: pairs with the child's release
+        flags = s.load32(rec + R_FLAGS, _core.RELAXED)
+        try:
+            if st == S_DONE:
+                h.value = marshal.decode_result(s, w.arena, rec, flags)
+            else:
+                h.value = marshal.decode_exception(s, w.arena, rec)
+                h.failed = True
+        except BaseException as e:  # noqa: BLE001 - an outcome that cannot be unpickled here
+            h.value, h.failed = e, True
+        finally:
+            tasks.free(h.ref)
+        h.state = _DONE
+        pub = self.published.get(h.parent)
+        if pub is not None:
+            pub.discard(h)
+
+    # ---- the end of a task -----------------------------------------------------------
+    def end_task(self, ref: int) -> BaseException | None:
+        """Implicit sync: run private children, wait for published ones, free their
+        records.  Returns the first exception of a child nobody observed."""
+        first = None
+        priv = self.private
+        while priv and priv[-1].parent == ref:
+            h = priv.pop()
+            if h.state != _PRIVATE:
+                continue
+            if self.depth >= _MAX_DEPTH and self.publish(h):
+                continue
+            try:
+                self.run_private(h)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                h.observed = False
+                if first is None:
+                    first = e
+        if ref in self.published:
+            self.wait_all(ref)
+            for h in self.published.pop(ref, ()):
+                if h.state != _DONE:
+                    self.take(h)
+                if h.failed and not h.observed and first is None:
+                    first = h.value
+        self.published.pop(ref, None)
+        return first
+
+    # ---- fibers ----------------------------------------------------------------------
+    def suspend(self, parent: int, join: int) -> None:
+        """Park this fiber until every published child of `parent` has finished."""
+        w = self.w
+        s = self.s
+        # Whatever this fiber still holds privately goes where others can run it.
+        priv = self.private
+        kept: collections.deque = collections.deque()
+        while priv:
+            h = priv.popleft()
+            if h.state == _PRIVATE and not self.publish(h):
+                kept.append(h)
+        self.suspended[parent] = getcurrent()
+        saved = (self.task, self.depth, kept)
+        w.counts["suspends"] += 1
+        # Give up our token.  AcqRel: the child that sees the count reach zero
+        # after us also sees our registration above (through the inbox push
+        # and our loop's pop, which are in this same process anyway).
+        if s.fetch_add32(join, 0xFFFF_FFFF, _core.ACQ_REL) == 1:
+            # Every child finished in the meantime: no one will post us.
+            del self.suspended[parent]
+            s.store32(join, 1, _core.RELAXED)
+            self.private = kept
+            return
+        self.task = 0
+        self.depth = 0
+        self.private = collections.deque()
+        if self.pool:
+            self.pool.pop().switch()
+        else:
+            from .worker import NEW_FIBER
+
+            self.root.switch(NEW_FIBER)  # the root starts a fresh loop fiber
+        # Resumed by our own loop: all children are done, the count is 0.
+        self.task, self.depth, self.private = saved
+        # Relaxed: no child of ours is outstanding, nobody else writes it now.
+        s.store32(join, 1, _core.RELAXED)
+
+    def resume(self, ref: int) -> None:
+        """Switch to the fiber suspended on `ref` (from a loop fiber)."""
+        g = self.suspended.pop(ref, None)
+        if g is None:
+            raise RuntimeError(f"penny: resume of task {ref:#x}, which is not suspended here")
+        self.w.counts["resumes"] += 1
+        self.pool.append(getcurrent())
+        g.switch()
+        # Back here when some task suspends and picks this fiber from the pool.
+
+
+# ---- the public functions (penny.spawn, penny.sync, penny.join, penny.parallel_for) ----
+
+def spawn(fn, /, *args, **kwargs):
+    """Start ``fn(*args, **kwargs)`` as a child of the running task; returns a handle
+    for `sync`.  Outside any task: `Scheduler.submit` on the current scheduler
+    (returns a Future)."""
+    fork = _fork
+    if fork is not None:
+        task = fork.task
+        if task:
+            # ForkJoin.spawn, inlined: this is the hottest path of nested code.
+            fid = fork.fids.get(fn)
+            if fid is None:
+                fid = fork.fids[fn] = fork.w.functions.id_for(fn)
+            h = Handle(fid, fn, args, kwargs, task)
+            fork.private.append(h)
+            fork.spawns += 1
+            # Relaxed: a hint that someone is idle; the wake inside publish is exact.
+            if fork._sleepers(H_SLEEPERS, _core.RELAXED) and not fork.s.deque_len(fork.w.own):
+                fork.publish_oldest()
+            return h
+    from .scheduler import current_scheduler
+
+    fut = current_scheduler().submit(fn, *args, **kwargs)
+    _outside_spawned().append(fut)
+    return fut
+
+
+def sync(handle=None):
+    """The result of a spawned child (its exception re-raised here), or, with no
+    argument, wait for every child spawned so far by the running task."""
+    fork = _fork
+    if handle is not None:
+        if type(handle) is Handle:
+            if fork is not None and handle.state == _PRIVATE:
+                priv = fork.private
+                if priv and priv[-1] is handle and handle.parent == fork.task and fork.depth < _MAX_DEPTH:
+                    # ForkJoin.sync's common case, inlined: nobody wanted it; call it here.
+                    priv.pop()
+                    return fork.run_private(handle)
+            if fork is None:
+                raise PennyError("penny: a task's handle can only be synced inside the task that spawned it")
+            return fork.sync(handle)
+        return handle.result()  # a Future from spawn outside tasks
+    if fork is not None and fork.task:
+        err = fork.end_task(fork.task)
+        if err is not None:
+            raise err
+        return None
+    futs = _outside_spawned()
+    pending, futs[:] = list(futs), []
+    for f in pending:
+        f.result()
+    return None
+
+
+def join(a, b):
+    """Run `a` and `b`, possibly in parallel; return both results (Rayon's join).
+    Each is a callable taking no argument or a tuple ``(fn, *args)``; `b` may
+    run in another worker, so its function must be importable."""
+    fa, aa = _split(a)
+    fb, ab = _split(b)
+    fork = _fork
+    if fork is not None and fork.task:
+        h = fork.spawn(fb, ab, None)
+        try:
+            ra = fa(*aa)
+        except BaseException:
+            try:
+                fork.sync(h)
+            except BaseException:  # noqa: BLE001 - the first exception wins
+                pass
+            raise
+        return ra, fork.sync(h)
+    from .scheduler import current_scheduler
+
+    sched = current_scheduler()
+    fut_b = sched.submit(fb, *ab)
+    fut_a = sched.submit(fa, *aa)
+    return fut_a.result(), fut_b.result()
+
+
+def _split(x):
+    if isinstance(x, tuple):
+        if not x or not callable(x[0]):
+            raise TypeError("penny.join: a tuple argument must be (function, *args)")
+        return x[0], x[1:]
+    if not callable(x):
+        raise TypeError(f"penny.join: {x!r} is not callable")
+    return x, ()
+
+
+def parallel_for(start: int, stop: int, body, grain: int | None = None) -> None:
+    """Call ``body(lo, hi)`` over [start, stop) split in halves recursively down to
+    `grain` items, the halves run in parallel.  Inside or outside tasks."""
+    if not (isinstance(start, int) and isinstance(stop, int)):
+        raise TypeError("penny.parallel_for: start and stop must be ints")
+    if stop <= start:
+        return None
+    fork = _fork
+    inside = fork is not None and fork.task
+    if grain is None:
+        from .scheduler import current_scheduler
+
+        workers = fork.w.lay.workers if inside else current_scheduler().workers
+        grain = max(1, (stop - start) // (8 * workers))
+    if not isinstance(grain, int) or grain < 1:
+        raise ValueError(f"penny.parallel_for: grain must be a positive int, got {grain!r}")
+    if inside:
+        return _pfor(body, start, stop, grain)
+    from .scheduler import current_scheduler
+
+    return current_scheduler().submit(_pfor, body, start, stop, grain).result()
+
+
+def _pfor(body, lo: int, hi: int, grain: int) -> None:
+    """Task behind parallel_for: halve until `grain`, spawning the upper halves."""
+    handles = []
+    while hi - lo > grain:
+        mid = (lo + hi) // 2
+        handles.append(spawn(_pfor, body, mid, hi, grain))
+        hi = mid
+    body(lo, hi)
+    for h in reversed(handles):
+        sync(h)
+    return None
+
+
+def _outside_spawned() -> list:
+    import threading
+
+    local = _outside_spawned.__dict__.setdefault("local", threading.local())
+    if not hasattr(local, "futures"):
+        local.futures = []
+    return local.futures
