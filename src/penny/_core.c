@@ -71,7 +71,7 @@ typedef struct {
     int ready;
     Py_ssize_t tasks, capacity, record, free_head;   /* task table and its free list */
     Py_ssize_t r_state, r_fn, r_flags, r_link, r_inline, inline_size;
-    Py_ssize_t r_parent, r_join, r_owner;             /* fork-join fields */
+    Py_ssize_t r_parent, r_join, r_owner, r_attempts; /* fork-join and retry fields */
     Py_ssize_t injector, completions;                /* MPMC rings */
     Py_ssize_t inbox0, slice_stride;                 /* worker 0's inbox ring; slice size */
     Py_ssize_t sleepers, states, state_stride, nstates;      /* workers' parking words */
@@ -172,11 +172,28 @@ order_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i, memory_order *o
 static int
 as_u64(PyObject *o, uint64_t *out)
 {
-    /* Accept any int in [-2**63, 2**64): negative values wrap, as in C. */
-    unsigned long long v = PyLong_AsUnsignedLongLongMask(o);
-    if (v == (unsigned long long)-1 && PyErr_Occurred())
+    /* Accept ints in [-2**63, 2**64): negative values are two's complement,
+     * as in C; anything else raises OverflowError (never silently wraps). */
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "expected an int, got %.100s", Py_TYPE(o)->tp_name);
         return -1;
-    *out = (uint64_t)v;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow == 0) {
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        *out = (uint64_t)v;
+        return 0;
+    }
+    if (overflow < 0) {
+        PyErr_SetString(PyExc_OverflowError, "int below -2**63");
+        return -1;
+    }
+    unsigned long long u = PyLong_AsUnsignedLongLong(o);
+    if (u == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;  /* OverflowError: >= 2**64 */
+    *out = (uint64_t)u;
     return 0;
 }
 
@@ -902,7 +919,29 @@ S_stack_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ---- 6. waking a sleeper -------------------------------------------------
- * notify(sleepers_off, states_off, stride, count, start) -> index or -1.
+ * notify_word: move one parking word from SLEEPY or SLEEPING to NOTIFIED,
+ * waking its futex if it was SLEEPING.  A failed CAS reloads the word, and we
+ * retry while it still reads SLEEPY or SLEEPING: the sleeper may have moved
+ * SLEEPY -> SLEEPING between our load and our CAS, and giving up then would
+ * lose the wake-up.  Returns 1 if we notified it. */
+static int
+notify_word(a32 *st)
+{
+    /* Acquire: pairs with the sleeper's SeqCst store of SLEEPY. */
+    uint32_t v = atomic_load_explicit(st, memory_order_acquire);
+    while (v == ST_SLEEPING || v == ST_SLEEPY) {
+        /* AcqRel: our publication happens-before the sleeper's wake-up. */
+        if (atomic_compare_exchange_weak_explicit(st, &v, ST_NOTIFIED, memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            if (v == ST_SLEEPING)
+                futex_wake_n(st, 1);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* notify(sleepers_off, states_off, stride, count, start) -> index or -1.
  * Called by whoever published work, after publishing it. */
 static PyObject *
 S_notify(Shared *s, PyObject *const *args, Py_ssize_t nargs)
@@ -930,17 +969,8 @@ S_notify(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t w = (start + i) % count;
         if (w < 0)
             w += count;
-        a32 *st = (a32 *)(s->base + states + w * stride);
-        uint32_t v = atomic_load_explicit(st, memory_order_acquire);
-        if (v == ST_SLEEPING || v == ST_SLEEPY) {
-            /* AcqRel: our publication happens-before the sleeper's wake-up. */
-            if (atomic_compare_exchange_strong_explicit(st, &v, ST_NOTIFIED, memory_order_acq_rel,
-                                                        memory_order_acquire)) {
-                if (v == ST_SLEEPING)
-                    futex_wake_n(st, 1);
-                return PyLong_FromSsize_t(w);
-            }
-        }
+        if (notify_word((a32 *)(s->base + states + w * stride)))
+            return PyLong_FromSsize_t(w);
     }
     return PyLong_FromLong(-1);
 }
@@ -1135,9 +1165,9 @@ S_set_tasks(Shared *s, PyObject *args)
 {
     TaskGeometry g;
     memset(&g, 0, sizeof g);
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnnnnnnnnnIIIIIII:set_tasks", &g.tasks, &g.capacity, &g.record,
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnnnnnnnnnnIIIIIII:set_tasks", &g.tasks, &g.capacity, &g.record,
                           &g.free_head, &g.r_state, &g.r_fn, &g.r_flags, &g.r_link, &g.r_inline,
-                          &g.inline_size, &g.r_parent, &g.r_join, &g.r_owner, &g.inbox0, &g.slice_stride,
+                          &g.inline_size, &g.r_parent, &g.r_join, &g.r_owner, &g.r_attempts, &g.inbox0, &g.slice_stride,
                           &g.injector, &g.completions, &g.sleepers, &g.states,
                           &g.state_stride, &g.nstates, &g.coll_sleepers, &g.coll_state, &g.s_queued,
                           &g.s_running, &g.s_done, &g.s_free, &g.f_args_blob, &g.f_consumed,
@@ -1150,7 +1180,7 @@ S_set_tasks(Shared *s, PyObject *args)
         !span(s, g.inbox0 + (g.nstates - 1) * g.slice_stride, Q_SLOTS + 16 * g.capacity))
         return NULL;
     if (g.record % 64 || g.r_state % 8 || g.r_link % 8 || g.r_fn % 4 || g.r_flags % 4 ||
-        g.r_parent % 8 || g.r_join % 4 || g.r_owner % 4 || g.inbox0 % 64 || g.slice_stride % 64 ||
+        g.r_parent % 8 || g.r_join % 4 || g.r_owner % 4 || g.r_attempts % 4 || g.inbox0 % 64 || g.slice_stride % 64 ||
         g.r_inline + g.inline_size > g.record || g.nstates < 1) {
         PyErr_SetString(PyExc_ValueError, "bad task geometry");
         return NULL;
@@ -1183,15 +1213,8 @@ wake_one(Shared *s, Py_ssize_t sleepers_off, Py_ssize_t states, Py_ssize_t strid
         return;
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t w = (start + i) % count;
-        a32 *st = (a32 *)(s->base + states + w * stride);
-        uint32_t v = atomic_load_explicit(st, memory_order_acquire);
-        if ((v == ST_SLEEPING || v == ST_SLEEPY) &&
-            atomic_compare_exchange_strong_explicit(st, &v, ST_NOTIFIED, memory_order_acq_rel,
-                                                    memory_order_acquire)) {
-            if (v == ST_SLEEPING)
-                futex_wake_n(st, 1);
+        if (notify_word((a32 *)(s->base + states + w * stride)))
             return;
-        }
     }
 }
 
@@ -1282,9 +1305,12 @@ S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         tagged_push(head, tbase, g->record, g->r_link, idx);
         return NULL;
     }
-    /* Relaxed field stores, published by the release store of the state. */
+    /* Relaxed field stores, published by the release store of the state.
+     * Every field a reader uses is written: the record was some other task's. */
     atomic_store_explicit((a32 *)(rec + g->r_fn), (uint32_t)fid, memory_order_relaxed);
     atomic_store_explicit((a32 *)(rec + g->r_flags), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + g->r_parent), 0, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + g->r_attempts), 0, memory_order_relaxed);
     atomic_store_explicit(state, ((uint64_t)g->s_queued << 32) | gen, memory_order_release);
     /* The ring's release store of seq publishes the record to the popper. */
     if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
@@ -1423,14 +1449,16 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (idx < 0 || idx >= g->capacity)
         return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
     char *rec = s->base + g->tasks + idx * g->record;
+    a32 *flags = (a32 *)(rec + g->r_flags);
+    uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
+    if (f & g->f_args_blob)
+        Py_RETURN_FALSE;  /* its argument blob must be freed first: the Python path */
     char *p = rec + g->r_inline;
     *p = 1;
     if (pack_one(args[1], p + 1, p + g->inline_size) < 0)
         Py_RETURN_FALSE;
     /* Relaxed: written by the spawner before the release that published us. */
     uint64_t parent = atomic_load_explicit((a64 *)(rec + g->r_parent), memory_order_relaxed);
-    a32 *flags = (a32 *)(rec + g->r_flags);
-    uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
     atomic_store_explicit(flags, (f | g->f_consumed) & ~g->f_result_blob, memory_order_relaxed);
     /* Release: the result is visible to whoever acquires the status.  The
      * record is not ours after this store. */
@@ -1500,6 +1528,7 @@ S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     atomic_store_explicit((a32 *)(rec + g->r_fn), (uint32_t)fid, memory_order_relaxed);
     atomic_store_explicit((a32 *)(rec + g->r_flags), 0, memory_order_relaxed);
     atomic_store_explicit((a64 *)(rec + g->r_parent), parent, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + g->r_attempts), 0, memory_order_relaxed);
     /* Relaxed RMW: the count is only read as settled through the acq_rel
      * decrements of the children, which this increment happens-before (it
      * precedes the release push that lets the child run). */
@@ -1629,6 +1658,609 @@ fail:
     return NULL;
 }
 
+
+
+/* bump(off, size, limit) -> old value, or -1 if old + size > limit.
+ * A fetch_add that refuses to go past `limit` (CAS loop), so a request that
+ * does not fit leaves the rest usable.  Relaxed: it only hands out disjoint
+ * ranges; their contents are published by later release operations. */
+static PyObject *
+S_bump(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "bump");
+    uint64_t size, limit;
+    a64 *p = addr(s, args[0], 8);
+    if (!p || as_u64(args[1], &size) < 0 || as_u64(args[2], &limit) < 0)
+        return NULL;
+    uint64_t old = atomic_load_explicit(p, memory_order_relaxed);
+    do {
+        if (old > limit || size > limit - old)
+            return PyLong_FromLong(-1);
+    } while (!atomic_compare_exchange_weak_explicit(p, &old, old + size, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    return PyLong_FromUnsignedLongLong(old);
+}
+
+/* free_task(ref): recycle a record whose outcome was read and whose blobs
+ * were freed: the next generation, then the free list's release CAS. */
+static PyObject *
+S_free_task(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "free_task");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t ref;
+    if (as_u64(args[0], &ref) < 0)
+        return NULL;
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
+    if (idx < 0 || idx >= g->capacity)
+        return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
+    char *tbase = s->base + g->tasks;
+    atomic_store_explicit((a64 *)(tbase + idx * g->record + g->r_state),
+                          ((uint64_t)g->s_free << 32) | (((ref >> 32) + 1) & GEN_MASK), memory_order_relaxed);
+    tagged_push((a64 *)(s->base + g->free_head), tbase, g->record, g->r_link, idx);
+    Py_RETURN_NONE;
+}
+
+/* ---- 9. fork-join fast paths ---------------------------------------------------
+ * `penny.spawn` and `penny.sync` are these two C functions.  Inside a task
+ * on a worker, a spawn makes a private Handle (no record, no atomic but one
+ * relaxed load of the sleeper count) and a sync of the newest private handle
+ * calls its function right here: the unstolen spawn + sync costs two C calls
+ * and the call itself.  Everything else (publishing to the shared deque,
+ * waiting, suspending; spawn outside tasks) is Python code in fibers.py,
+ * reached through the callbacks that `bind_fork` registers.
+ */
+#include <structmember.h>
+
+enum { H_PRIVATE = 0, H_PUBLISHED = 1, H_DONE = 2 };
+
+static PyTypeObject SharedType;
+
+typedef struct {
+    PyObject_HEAD
+    int state, failed, observed;
+    unsigned int fid;
+    unsigned long long parent, ref;
+    PyObject *fn, *args, *kwargs, *value;
+} HandleObject;
+
+static int
+Handle_traverse(HandleObject *h, visitproc visit, void *arg)
+{
+    Py_VISIT(h->fn);
+    Py_VISIT(h->args);
+    Py_VISIT(h->kwargs);
+    Py_VISIT(h->value);
+    return 0;
+}
+
+static int
+Handle_clear(HandleObject *h)
+{
+    Py_CLEAR(h->fn);
+    Py_CLEAR(h->args);
+    Py_CLEAR(h->kwargs);
+    Py_CLEAR(h->value);
+    return 0;
+}
+
+static void
+Handle_dealloc(HandleObject *h)
+{
+    PyObject_GC_UnTrack(h);
+    Handle_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyTypeObject HandleType;
+
+static HandleObject *
+handle_new(unsigned int fid, PyObject *fn, PyObject *args, PyObject *kwargs, unsigned long long parent)
+{
+    HandleObject *h = PyObject_GC_New(HandleObject, &HandleType);
+    if (!h)
+        return NULL;
+    h->state = H_PRIVATE;
+    h->failed = h->observed = 0;
+    h->fid = fid;
+    h->parent = parent;
+    h->ref = 0;
+    h->fn = Py_NewRef(fn);
+    h->args = Py_NewRef(args);
+    h->kwargs = Py_XNewRef(kwargs);
+    h->value = NULL;
+    PyObject_GC_Track(h);
+    return h;
+}
+
+static PyObject *
+Handle_tp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    unsigned int fid;
+    PyObject *fn, *a, *k;
+    unsigned long long parent;
+    if (!PyArg_ParseTuple(args, "IOOOK:Handle", &fid, &fn, &a, &k, &parent))
+        return NULL;
+    return (PyObject *)handle_new(fid, fn, a, k == Py_None ? NULL : k, parent);
+}
+
+static PyObject *
+Handle_result(HandleObject *h, PyObject *unused);
+
+static PyObject *
+Handle_done(HandleObject *h, PyObject *unused)
+{
+    return PyBool_FromLong(h->state == H_DONE);
+}
+
+static PyObject *
+Handle_repr(HandleObject *h)
+{
+    static const char *names[] = {"private", "published", "done"};
+    return PyUnicode_FromFormat("<penny.Handle %s ref=%#llx>", names[h->state % 3], h->ref);
+}
+
+static PyMemberDef Handle_members[] = {
+    {"state", T_INT, offsetof(HandleObject, state), 0, "0 private, 1 published, 2 done"},
+    {"failed", T_INT, offsetof(HandleObject, failed), 0, "the child raised (value is the exception)"},
+    {"observed", T_INT, offsetof(HandleObject, observed), 0, "its outcome was synced"},
+    {"fid", T_UINT, offsetof(HandleObject, fid), 0, "function id"},
+    {"parent", T_ULONGLONG, offsetof(HandleObject, parent), 0, "ref of the spawning task"},
+    {"ref", T_ULONGLONG, offsetof(HandleObject, ref), 0, "record ref once published"},
+    {"fn", T_OBJECT, offsetof(HandleObject, fn), 0, NULL},
+    {"args", T_OBJECT, offsetof(HandleObject, args), 0, NULL},
+    {"kwargs", T_OBJECT, offsetof(HandleObject, kwargs), 0, NULL},
+    {"value", T_OBJECT, offsetof(HandleObject, value), 0, "result or exception once done"},
+    {NULL},
+};
+
+static PyMethodDef Handle_methods[] = {
+    {"result", (PyCFunction)Handle_result, METH_NOARGS, "The child's result (penny.sync(handle))."},
+    {"done", (PyCFunction)Handle_done, METH_NOARGS, "Whether the child's outcome is in the handle."},
+    {NULL},
+};
+
+static PyTypeObject HandleType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "penny.Handle",
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_dealloc = (destructor)Handle_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A child spawned by the running task: penny.sync(handle) or handle.result().",
+    .tp_traverse = (traverseproc)Handle_traverse,
+    .tp_clear = (inquiry)Handle_clear,
+    .tp_members = Handle_members,
+    .tp_methods = Handle_methods,
+    .tp_new = Handle_tp_new,
+    .tp_repr = (reprfunc)Handle_repr,
+};
+
+/* The worker's fork-join state; fibers.ForkJoin subclasses it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict;                 /* instance dict for the Python subclass */
+    unsigned long long task;        /* ref of the running task, 0 outside tasks */
+    int depth, max_depth;           /* inline nesting on the current fiber */
+    unsigned long long spawns;
+    Py_ssize_t head;                /* private[head:] are live, oldest first */
+    PyObject *private;              /* list of Handles */
+    PyObject *fids;                 /* function -> id */
+    Shared *shared;                 /* for the sleeper hint */
+    Py_ssize_t sleepers_off, deque_off;
+} ForkCore;
+
+static ForkCore *the_fork = NULL;       /* this process's, set by bind_fork */
+static PyObject *spawn_fallback = NULL; /* fibers._spawn_slow(fn, args, kwargs) */
+static PyObject *sync_fallback = NULL;  /* fibers._sync_slow(handle_or_None) */
+
+static int
+ForkCore_traverse(ForkCore *f, visitproc visit, void *arg)
+{
+    Py_VISIT(f->dict);
+    Py_VISIT(f->private);
+    Py_VISIT(f->fids);
+    Py_VISIT(f->shared);
+    return 0;
+}
+
+static int
+ForkCore_clear(ForkCore *f)
+{
+    Py_CLEAR(f->dict);
+    Py_CLEAR(f->private);
+    Py_CLEAR(f->fids);
+    Py_CLEAR(f->shared);
+    return 0;
+}
+
+static void
+ForkCore_dealloc(ForkCore *f)
+{
+    PyObject_GC_UnTrack(f);
+    if (the_fork == f)
+        the_fork = NULL;
+    ForkCore_clear(f);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+/* ForkCore(shared, sleepers_off, deque_off, max_depth) */
+static int
+ForkCore_init(ForkCore *f, PyObject *args, PyObject *kw)
+{
+    PyObject *sh;
+    if (!PyArg_ParseTuple(args, "O!nni:ForkCore", &SharedType, &sh, &f->sleepers_off, &f->deque_off,
+                          &f->max_depth))
+        return -1;
+    Py_XSETREF(f->shared, (Shared *)Py_NewRef(sh));
+    Py_XSETREF(f->private, PyList_New(0));
+    Py_XSETREF(f->fids, PyDict_New());
+    if (!f->private || !f->fids)
+        return -1;
+    f->task = 0;
+    f->depth = 0;
+    f->spawns = 0;
+    f->head = 0;
+    return 0;
+}
+
+/* Index of the newest live private handle, or -1. */
+static inline Py_ssize_t
+newest(ForkCore *f)
+{
+    Py_ssize_t n = PyList_GET_SIZE(f->private);
+    return n > f->head ? n - 1 : -1;
+}
+
+static int
+drop_newest(ForkCore *f)
+{
+    Py_ssize_t n = PyList_GET_SIZE(f->private);
+    if (PyList_SetSlice(f->private, n - 1, n, NULL) < 0)
+        return -1;
+    if (n - 1 <= f->head) {  /* empty: start over so the list does not grow */
+        f->head = 0;
+        return PyList_SetSlice(f->private, 0, PyList_GET_SIZE(f->private), NULL);
+    }
+    return 0;
+}
+
+/* take_oldest() -> the oldest live private handle (removed), or None. */
+static PyObject *
+ForkCore_take_oldest(ForkCore *f, PyObject *unused)
+{
+    Py_ssize_t n = PyList_GET_SIZE(f->private);
+    if (f->head >= n)
+        Py_RETURN_NONE;
+    PyObject *h = Py_NewRef(PyList_GET_ITEM(f->private, f->head));
+    Py_INCREF(Py_None);
+    PyList_SetItem(f->private, f->head, Py_None);  /* steals the None ref */
+    f->head++;
+    if (f->head == n) {
+        f->head = 0;
+        if (PyList_SetSlice(f->private, 0, n, NULL) < 0) {
+            Py_DECREF(h);
+            return NULL;
+        }
+    } else if (f->head > 1024 && f->head * 2 > n) {
+        if (PyList_SetSlice(f->private, 0, f->head, NULL) < 0) {
+            Py_DECREF(h);
+            return NULL;
+        }
+        f->head = 0;
+    }
+    return h;
+}
+
+/* untake(h): put back a handle take_oldest returned (publication failed). */
+static PyObject *
+ForkCore_untake(ForkCore *f, PyObject *h)
+{
+    if (f->head > 0) {
+        f->head--;
+        Py_INCREF(h);
+        PyList_SetItem(f->private, f->head, h);
+    } else if (PyList_Insert(f->private, 0, h) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* pop_newest(parent) -> the newest live private handle if it was spawned by
+ * task `parent` (removed), else None. */
+static PyObject *
+ForkCore_pop_newest(ForkCore *f, PyObject *arg)
+{
+    unsigned long long parent = PyLong_AsUnsignedLongLong(arg);
+    if (parent == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t i = newest(f);
+    if (i < 0)
+        Py_RETURN_NONE;
+    HandleObject *h = (HandleObject *)PyList_GET_ITEM(f->private, i);
+    if (h->parent != parent)
+        Py_RETURN_NONE;
+    Py_INCREF(h);
+    if (drop_newest(f) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+/* remove(h) -> bool: take `h` out of the live private handles wherever it is. */
+static PyObject *
+ForkCore_remove(ForkCore *f, PyObject *h)
+{
+    Py_ssize_t n = PyList_GET_SIZE(f->private);
+    if (f->head < n && PyList_GET_ITEM(f->private, f->head) == h) {
+        /* The oldest: a parent syncing its children in spawn order. O(1). */
+        PyObject *r = ForkCore_take_oldest(f, NULL);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+        Py_RETURN_TRUE;
+    }
+    for (Py_ssize_t i = n - 1; i >= f->head; i--) {
+        if (PyList_GET_ITEM(f->private, i) == h) {
+            if (i == n - 1) {
+                if (drop_newest(f) < 0)
+                    return NULL;
+            } else if (PyList_SetSlice(f->private, i, i + 1, NULL) < 0) {
+                return NULL;
+            }
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
+/* swap_private(list) -> the old list: park a suspended fiber's private
+ * handles and give the next fiber its own (fibers.suspend/resume). */
+static PyObject *
+ForkCore_swap_private(ForkCore *f, PyObject *lst)
+{
+    if (!PyList_CheckExact(lst))
+        return PyErr_Format(PyExc_TypeError, "swap_private needs a list");
+    PyObject *old = f->private;
+    if (f->head) {
+        PyObject *live = PyList_GetSlice(old, f->head, PyList_GET_SIZE(old));
+        if (!live)
+            return NULL;
+        Py_DECREF(old);
+        old = live;
+    }
+    f->private = Py_NewRef(lst);
+    f->head = 0;
+    return old;
+}
+
+static PyObject *
+ForkCore_live(ForkCore *f, PyObject *unused)
+{
+    return PyLong_FromSsize_t(PyList_GET_SIZE(f->private) - f->head);
+}
+
+static PyObject *ForkCore_run_handle(ForkCore *f, PyObject *h);
+
+static PyObject *
+ForkCore_bind(ForkCore *f, PyObject *unused)
+{
+    the_fork = f;  /* borrowed: the worker keeps its ForkJoin alive */
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef ForkCore_members[] = {
+    {"task", T_ULONGLONG, offsetof(ForkCore, task), 0, "ref of the running task (0: none)"},
+    {"depth", T_INT, offsetof(ForkCore, depth), 0, "inline nesting on this fiber"},
+    {"max_depth", T_INT, offsetof(ForkCore, max_depth), 0, NULL},
+    {"spawns", T_ULONGLONG, offsetof(ForkCore, spawns), 0, NULL},
+    {"fids", T_OBJECT, offsetof(ForkCore, fids), READONLY, "function -> id cache"},
+    {"__dictoffset__", T_PYSSIZET, offsetof(ForkCore, dict), READONLY},
+    {NULL},
+};
+
+static PyMethodDef ForkCore_methods[] = {
+    {"take_oldest", (PyCFunction)ForkCore_take_oldest, METH_NOARGS, "oldest private handle or None"},
+    {"untake", (PyCFunction)ForkCore_untake, METH_O, "put back what take_oldest returned"},
+    {"pop_newest", (PyCFunction)ForkCore_pop_newest, METH_O, "pop_newest(parent) -> handle or None"},
+    {"remove", (PyCFunction)ForkCore_remove, METH_O, "remove(h) -> bool"},
+    {"swap_private", (PyCFunction)ForkCore_swap_private, METH_O, "swap_private(list) -> old live list"},
+    {"live", (PyCFunction)ForkCore_live, METH_NOARGS, "number of live private handles"},
+    {"bind", (PyCFunction)ForkCore_bind, METH_NOARGS, "make this the process's fork state for penny.spawn/sync"},
+    {"run_handle", (PyCFunction)ForkCore_run_handle, METH_O, "run a private handle removed from the list"},
+    {NULL},
+};
+
+static PyTypeObject ForkCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "penny._core.ForkCore",
+    .tp_basicsize = sizeof(ForkCore),
+    .tp_dictoffset = offsetof(ForkCore, dict),
+    .tp_dealloc = (destructor)ForkCore_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A worker's fork-join state: the running task, the private handles, the fast spawn/sync.",
+    .tp_traverse = (traverseproc)ForkCore_traverse,
+    .tp_clear = (inquiry)ForkCore_clear,
+    .tp_members = ForkCore_members,
+    .tp_methods = ForkCore_methods,
+    .tp_init = (initproc)ForkCore_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* penny.spawn(fn, *args, **kwargs) */
+static PyObject *
+M_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 1)
+        return PyErr_Format(PyExc_TypeError, "spawn() needs a function to run");
+    PyObject *fn = args[0];
+    PyObject *pargs = PyTuple_New(nargs - 1);
+    if (!pargs)
+        return NULL;
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(pargs, i - 1, Py_NewRef(args[i]));
+    PyObject *kwargs = NULL;
+    if (kwnames && PyTuple_GET_SIZE(kwnames)) {
+        kwargs = PyDict_New();
+        if (!kwargs) {
+            Py_DECREF(pargs);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                Py_DECREF(pargs);
+                Py_DECREF(kwargs);
+                return NULL;
+            }
+    }
+    ForkCore *f = the_fork;
+    PyObject *res = NULL;
+    if (!f || !f->task) {
+        if (!spawn_fallback)
+            PyErr_SetString(PyExc_RuntimeError, "penny.fibers is not initialised");
+        else
+            res = PyObject_CallFunctionObjArgs(spawn_fallback, fn, pargs, kwargs ? kwargs : Py_None, NULL);
+        goto done;
+    }
+    PyObject *fidobj = PyDict_GetItemWithError(f->fids, fn);
+    unsigned long fid;
+    if (!fidobj) {
+        if (PyErr_Occurred())
+            goto done;
+        /* First spawn of this function here: the Python side registers it. */
+        fidobj = PyObject_CallMethod((PyObject *)f, "register", "O", fn);
+        if (!fidobj)
+            goto done;
+        fid = PyLong_AsUnsignedLong(fidobj);
+        Py_DECREF(fidobj);
+    } else {
+        fid = PyLong_AsUnsignedLong(fidobj);
+    }
+    if (fid == (unsigned long)-1 && PyErr_Occurred())
+        goto done;
+    HandleObject *h = handle_new((unsigned int)fid, fn, pargs, kwargs, f->task);
+    if (!h)
+        goto done;
+    if (PyList_Append(f->private, (PyObject *)h) < 0) {
+        Py_DECREF(h);
+        goto done;
+    }
+    f->spawns++;
+    res = (PyObject *)h;
+    /* Relaxed: a hint that a worker is idle; if so and nothing of ours is
+     * stealable, publish our oldest private child (Python: it needs a
+     * record and maybe the arena).  The wake inside publication is exact. */
+    Shared *s = f->shared;
+    if (s->has_view && atomic_load_explicit((a32 *)(s->base + f->sleepers_off), memory_order_relaxed)) {
+        char *dq = s->base + f->deque_off;
+        int64_t t = atomic_load_explicit((ai64 *)(dq + DQ_TOP), memory_order_relaxed);
+        int64_t b = atomic_load_explicit((ai64 *)(dq + DQ_BOTTOM), memory_order_relaxed);
+        if (b <= t) {
+            PyObject *r = PyObject_CallMethod((PyObject *)f, "publish_oldest", NULL);
+            if (!r)
+                Py_CLEAR(res);
+            Py_XDECREF(r);
+        }
+    }
+done:
+    Py_DECREF(pargs);
+    Py_XDECREF(kwargs);
+    return res;
+}
+
+/* Run a private handle here (it was removed from the private list). */
+static PyObject *
+run_private(ForkCore *f, HandleObject *h)
+{
+    PyObject *fn = h->fn, *args = h->args, *kwargs = h->kwargs;
+    h->fn = h->args = h->kwargs = NULL;
+    h->state = H_DONE;
+    h->observed = 1;
+    f->depth++;
+    PyObject *res = PyObject_Call(fn, args, kwargs);
+    f->depth--;
+    Py_DECREF(fn);
+    Py_DECREF(args);
+    Py_XDECREF(kwargs);
+    if (res) {
+        h->value = Py_NewRef(res);
+        return res;
+    }
+    /* Keep the exception in the handle and let it propagate. */
+    PyObject *type, *val, *tb;
+    PyErr_Fetch(&type, &val, &tb);
+    PyErr_NormalizeException(&type, &val, &tb);
+    if (tb && val)
+        PyException_SetTraceback(val, tb);
+    h->failed = 1;
+    h->value = Py_XNewRef(val);
+    PyErr_Restore(type, val, tb);
+    return NULL;
+}
+
+/* penny.sync(handle=None) */
+static PyObject *
+M_sync(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *arg = nargs > 0 ? args[0] : Py_None;
+    ForkCore *f = the_fork;
+    if (f && Py_IS_TYPE(arg, &HandleType)) {
+        HandleObject *h = (HandleObject *)arg;
+        Py_ssize_t i;
+        if (h->state == H_PRIVATE && h->parent == f->task && f->depth < f->max_depth &&
+            (i = newest(f)) >= 0 && PyList_GET_ITEM(f->private, i) == arg) {
+            Py_INCREF(h);
+            if (drop_newest(f) < 0) {
+                Py_DECREF(h);
+                return NULL;
+            }
+            PyObject *res = run_private(f, h);
+            Py_DECREF(h);
+            return res;
+        }
+        if (h->state == H_DONE) {
+            h->observed = 1;
+            if (h->failed) {
+                PyErr_SetObject((PyObject *)Py_TYPE(h->value), h->value);
+                return NULL;
+            }
+            return Py_NewRef(h->value);
+        }
+    }
+    if (!sync_fallback)
+        return PyErr_Format(PyExc_RuntimeError, "penny.fibers is not initialised");
+    return PyObject_CallOneArg(sync_fallback, arg);
+}
+
+static PyObject *
+Handle_result(HandleObject *h, PyObject *unused)
+{
+    PyObject *a = (PyObject *)h;
+    return M_sync(NULL, &a, 1);
+}
+
+/* run_handle(h): run a private handle that the caller removed from the list. */
+static PyObject *
+ForkCore_run_handle(ForkCore *f, PyObject *h)
+{
+    if (!Py_IS_TYPE(h, &HandleType) || ((HandleObject *)h)->state != H_PRIVATE)
+        return PyErr_Format(PyExc_TypeError, "run_handle needs a private Handle");
+    return run_private(f, (HandleObject *)h);
+}
+
+static PyObject *
+M_set_fallbacks(PyObject *mod, PyObject *args)
+{
+    PyObject *sp, *sy;
+    if (!PyArg_ParseTuple(args, "OO:set_fallbacks", &sp, &sy))
+        return NULL;
+    Py_XSETREF(spawn_fallback, Py_NewRef(sp));
+    Py_XSETREF(sync_fallback, Py_NewRef(sy));
+    Py_RETURN_NONE;
+}
+
 /* ---- raw bytes ------------------------------------------------------------ */
 
 /* write_bytes(off, data) : plain copy; published by a later release op. */
@@ -1706,6 +2338,8 @@ static PyMethodDef Shared_methods[] = {
     {"finish", (PyCFunction)(void (*)(void))S_finish, METH_FASTCALL, "finish(ref, value, current_off) -> bool"},
     {"publish", (PyCFunction)(void (*)(void))S_publish, METH_FASTCALL, "publish(ref, parent): route a finished task"},
     {"spawn", (PyCFunction)(void (*)(void))S_spawn, METH_FASTCALL, "spawn(fid, args, parent, deque_off) -> ref, 0 or -1"},
+    {"bump", (PyCFunction)(void (*)(void))S_bump, METH_FASTCALL, "bump(off, size, limit) -> old or -1"},
+    {"free_task", (PyCFunction)(void (*)(void))S_free_task, METH_FASTCALL, "free_task(ref): recycle a record"},
     {"pop_child", (PyCFunction)(void (*)(void))S_pop_child, METH_FASTCALL, "pop_child(deque_off, parent) -> ref or 0"},
     {"collect", (PyCFunction)(void (*)(void))S_collect, METH_FASTCALL, "collect(max, futures) -> (fast, slow)"},
     {"write_bytes", (PyCFunction)(void (*)(void))S_write_bytes, METH_FASTCALL, "write_bytes(off, data)"},
@@ -1733,6 +2367,15 @@ static PyTypeObject SharedType = {
 
 static PyMethodDef module_methods[] = {
     {"fence", (PyCFunction)(void (*)(void))M_fence, METH_FASTCALL, "fence(order=SEQ_CST)"},
+    {"spawn", (PyCFunction)(void (*)(void))M_spawn, METH_FASTCALL | METH_KEYWORDS,
+     "spawn(fn, /, *args, **kwargs)\n--\n\n"
+     "Start fn(*args, **kwargs) as a child of the running task and return a Handle for sync.\n"
+     "Outside any task: Scheduler.submit on the current scheduler (returns a Future)."},
+    {"sync", (PyCFunction)(void (*)(void))M_sync, METH_FASTCALL,
+     "sync(handle=None, /)\n--\n\n"
+     "The result of a spawned child (its exception re-raised here); with no argument,\n"
+     "wait for every child spawned so far by the running task."},
+    {"set_fallbacks", (PyCFunction)M_set_fallbacks, METH_VARARGS, "set_fallbacks(spawn_slow, sync_slow)"},
     {NULL},
 };
 
@@ -1745,13 +2388,19 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    if (PyType_Ready(&SharedType) < 0)
+    if (PyType_Ready(&SharedType) < 0 || PyType_Ready(&HandleType) < 0 || PyType_Ready(&ForkCoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
         return NULL;
     Py_INCREF(&SharedType);
     if (PyModule_AddObject(m, "Shared", (PyObject *)&SharedType) < 0)
+        return NULL;
+    Py_INCREF(&HandleType);
+    if (PyModule_AddObject(m, "Handle", (PyObject *)&HandleType) < 0)
+        return NULL;
+    Py_INCREF(&ForkCoreType);
+    if (PyModule_AddObject(m, "ForkCore", (PyObject *)&ForkCoreType) < 0)
         return NULL;
     PyModule_AddIntConstant(m, "RELAXED", ORD_RELAXED);
     PyModule_AddIntConstant(m, "CONSUME", ORD_CONSUME);

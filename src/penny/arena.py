@@ -57,11 +57,11 @@ class Arena:
         if i >= 0:
             block = self.base + i * LINE
         else:
-            # Relaxed: the bump pointer only hands out disjoint ranges; the
-            # block's contents are published later by a release operation.
-            start = s.fetch_add64(H_ARENA_BUMP, 1 << k, _core.RELAXED)
-            if start + (1 << k) > self.size:
-                used = min(start, self.size)
+            # The bump pointer refuses a block that does not fit (C CAS loop),
+            # so a refused request leaves the rest of the arena usable.
+            start = s.bump(H_ARENA_BUMP, 1 << k, self.size)
+            if start < 0:
+                used = self.used()
                 raise MemoryError(
                     f"penny: arena exhausted: needed a {1 << k}-byte block for {nbytes} bytes, "
                     f"{self.size - used} of {self.size} bytes never used remain (freed blocks are "

@@ -48,3 +48,8 @@ JOIN_TIMEOUT = 5.0
 #: Each level costs about five Python frames, so 50 stays far below the
 #: default recursion limit of 1000 while leaving room for user recursion.
 MAX_INLINE_DEPTH = 50
+
+#: Largest chunk `Scheduler.map` picks by itself (items).  Big enough that a
+#: chunk's fixed cost (~20 us) is noise next to its items, small enough that
+#: the chunks in flight never hold much of a huge input.
+MAP_MAX_CHUNK = 8192

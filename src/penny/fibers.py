@@ -36,95 +36,60 @@ a child nobody synced fails the parent.
 
 from __future__ import annotations
 
-import collections
-
 from greenlet import getcurrent
 
 from . import _core, config, marshal
 from .errors import PennyError
-from .layout import H_SLEEPERS, R_FLAGS, R_JOIN, RECORD_SIZE, S_DONE, S_FAILED
+from .layout import H_IDLE, R_FLAGS, R_JOIN, RECORD_SIZE, S_DONE, S_FAILED
 
+#: A child spawned by the running task (implemented in C: _core.Handle).
+Handle = _core.Handle
 _PRIVATE, _PUBLISHED, _DONE = 0, 1, 2
-_MAX_DEPTH = config.MAX_INLINE_DEPTH
-_NO_KWARGS: dict = {}
 
 #: This process's ForkJoin when it is a worker (None in the main process).
 _fork: "ForkJoin | None" = None
 
 
-class Handle:
-    """A child spawned by the running task.  `sync(handle)` or `handle.result()`."""
+class ForkJoin(_core.ForkCore):
+    """One worker's fork-join machinery.
 
-    __slots__ = ("state", "fid", "fn", "args", "kwargs", "parent", "ref", "value", "failed", "observed")
-
-    def __init__(self, fid, fn, args, kwargs, parent):
-        self.state = _PRIVATE
-        self.fid = fid
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.parent = parent  # ref of the task that spawned it
-        self.ref = 0
-        self.failed = False
-        self.observed = False
-
-    def result(self):
-        fork = _fork
-        if fork is None:
-            raise PennyError("penny: a task's handle can only be synced inside the task that spawned it")
-        return fork.sync(self)
-
-    def done(self) -> bool:
-        return self.state == _DONE
-
-    def __repr__(self):
-        state = ("private", "published", "done")[self.state]
-        return f"<penny.Handle {state} ref={self.ref:#x}>"
-
-
-class ForkJoin:
-    """One worker's fork-join machinery (private deque, suspended fibers, pool)."""
+    The C base holds what the fast paths touch (the running task, the inline
+    depth, the private handles, the function-id cache); this class adds the
+    slow paths: publication, waiting, suspending, the implicit sync.
+    """
 
     def __init__(self, worker):
         global _fork
+        super().__init__(worker.s, H_IDLE, worker.own, config.MAX_INLINE_DEPTH)
         _fork = self
+        self.bind()
         self.w = worker
         self.s = worker.s
-        self.task = 0                   # ref of the task running now (0: none)
-        self.spawns = 0                 # counters flushed into the worker's stats
-        self._sleepers = worker.s.load32
-        self.private: collections.deque = collections.deque()
-        self.suspended: dict = {}       # parent ref -> (greenlet) waiting for its children
+        self.suspended: dict = {}       # parent ref -> greenlet waiting for its children
         self.pool: list = []            # idle loop fibers, reused instead of created
         self.published: dict = {}       # task ref -> set of its published, untaken handles
-        self.fids: dict = {}            # function -> id, this worker's cache
-        self.depth = 0                  # inline nesting on the current fiber
         self.root = None                # the process's main greenlet
 
-    # ---- spawn ---------------------------------------------------------------------
-    def spawn(self, fn, args, kwargs) -> Handle:
-        fid = self.fids.get(fn)
-        if fid is None:
-            fid = self.fids[fn] = self.w.functions.id_for(fn)
-        h = Handle(fid, fn, args, kwargs, self.task)
-        self.private.append(h)
-        self.spawns += 1
-        # Relaxed: a hint that someone is idle; the wake inside publish is exact.
-        if self._sleepers(H_SLEEPERS, _core.RELAXED) and not self.s.deque_len(self.w.own):
-            self.publish_oldest()
-        return h
+    def register(self, fn) -> int:
+        """Function id for a first spawn of `fn` here (NotImportableError if a
+        worker could not import it)."""
+        fid = self.w.functions.id_for(fn)
+        self.fids[fn] = fid
+        return fid
 
+    # ---- publication ---------------------------------------------------------------
     def publish_oldest(self) -> None:
-        priv = self.private
-        while priv:
-            h = priv.popleft()
+        while True:
+            h = self.take_oldest()
+            if h is None:
+                return
             if h.state != _PRIVATE:
                 continue
             if not self.publish(h):
-                priv.appendleft(h)
+                self.untake(h)
             return
 
-    def publish(self, h: Handle) -> bool:
+    def publish(self, h) -> bool:
         """Give a private child a record on our shared deque.  False if no record is free."""
         w = self.w
         ref = -1 if h.kwargs else self.s.spawn(h.fid, h.args, h.parent, w.own)
@@ -143,57 +108,30 @@ class ForkJoin:
         w.counts["published"] += 1
         return True
 
-    # ---- sync ----------------------------------------------------------------------
-    def sync(self, h: Handle):
+    # ---- sync (what the C fast path leaves) ---------------------------------------------
+    def sync(self, h):
         """The child's result (its exception re-raised here)."""
-        if h.state == _PRIVATE:
-            priv = self.private
-            if priv and priv[-1] is h and self.depth < _MAX_DEPTH and h.parent == self.task:
-                # The common case: nobody wanted it; call it here.
-                priv.pop()
-                return self.run_private(h)
-        elif h.state == _DONE:
+        if h.state == _DONE:
             return self._outcome(h)
         if h.parent != self.task:
             raise PennyError("penny: a handle can only be synced by the task that spawned it")
         if h.state == _PRIVATE:
-            priv = self.private
-            if priv and priv[-1] is h:
-                priv.pop()
-            else:
-                priv.remove(h)
-            if self.depth < _MAX_DEPTH:
-                return self.run_private(h)
-            # Too deep for this stack: publish it and let a fresh fiber run it.
-            if not self.publish(h):
-                return self.run_private(h)
+            if not self.remove(h):
+                raise PennyError("penny: this handle is not pending in this worker")
+            if self.depth < self.max_depth or not self.publish(h):
+                return self.run_handle(h)
+            # Too deep for this stack: it is published; a fresh fiber runs it.
         self.wait_for(h)
         return self._outcome(h)
 
-    def run_private(self, h: Handle):
-        h.state = _DONE
-        h.observed = True
-        fn, args, kwargs = h.fn, h.args, h.kwargs
-        h.fn = h.args = h.kwargs = None
-        self.depth += 1
-        try:
-            value = fn(*args, **kwargs) if kwargs else fn(*args)
-        except BaseException as e:
-            h.failed = True
-            h.value = e
-            raise
-        finally:
-            self.depth -= 1
-        h.value = value
-        return value
-
-    def _outcome(self, h: Handle):
+    @staticmethod
+    def _outcome(h):
         h.observed = True
         if h.failed:
             raise h.value
         return h.value
 
-    def wait_for(self, h: Handle) -> None:
+    def wait_for(self, h) -> None:
         """Until the published child `h` is done: help, then suspend."""
         w = self.w
         tasks = w.tasks
@@ -203,7 +141,7 @@ class ForkJoin:
             if st == S_DONE or st == S_FAILED:
                 self.take(h)
                 return
-            if self.depth >= _MAX_DEPTH:
+            if self.depth >= self.max_depth:
                 break
             ref = self.s.pop_child(w.own, parent)
             if not ref:
@@ -220,7 +158,7 @@ class ForkJoin:
         load32 = self.s.load32
         # Acquire: pairs with the children's acq_rel decrements (their results).
         while load32(join, _core.ACQUIRE) > 1:
-            if not help or self.depth >= _MAX_DEPTH:
+            if not help or self.depth >= self.max_depth:
                 break
             ref = self.s.pop_child(w.own, parent)
             if not ref:
@@ -236,7 +174,7 @@ class ForkJoin:
         finally:
             self.depth -= 1
 
-    def take(self, h: Handle) -> None:
+    def take(self, h) -> None:
         """Read a finished published child's outcome into its handle and free its record."""
         w = self.w
         s, tasks = self.s, w.tasks
@@ -263,15 +201,16 @@ class ForkJoin:
         """Implicit sync: run private children, wait for published ones, free their
         records.  Returns the first exception of a child nobody observed."""
         first = None
-        priv = self.private
-        while priv and priv[-1].parent == ref:
-            h = priv.pop()
+        while True:
+            h = self.pop_newest(ref)
+            if h is None:
+                break
             if h.state != _PRIVATE:
                 continue
-            if self.depth >= _MAX_DEPTH and self.publish(h):
+            if self.depth >= self.max_depth and self.publish(h):
                 continue
             try:
-                self.run_private(h)
+                self.run_handle(h)
             except BaseException as e:  # noqa: BLE001 - reported below
                 h.observed = False
                 if first is None:
@@ -283,36 +222,34 @@ class ForkJoin:
                     self.take(h)
                 if h.failed and not h.observed and first is None:
                     first = h.value
-        self.published.pop(ref, None)
+            self.published.pop(ref, None)
         return first
 
     # ---- fibers ----------------------------------------------------------------------
     def suspend(self, parent: int, join: int) -> None:
         """Park this fiber until every published child of `parent` has finished."""
-        w = self.w
         s = self.s
         # Whatever this fiber still holds privately goes where others can run it.
-        priv = self.private
-        kept: collections.deque = collections.deque()
-        while priv:
-            h = priv.popleft()
+        kept = []
+        while True:
+            h = self.take_oldest()
+            if h is None:
+                break
             if h.state == _PRIVATE and not self.publish(h):
                 kept.append(h)
         self.suspended[parent] = getcurrent()
-        saved = (self.task, self.depth, kept)
-        w.counts["suspends"] += 1
-        # Give up our token.  AcqRel: the child that sees the count reach zero
-        # after us also sees our registration above (through the inbox push
-        # and our loop's pop, which are in this same process anyway).
+        saved = (self.task, self.depth)
+        self.w.counts["suspends"] += 1
+        # Give up our token (AcqRel: pairs with the children's decrements).
         if s.fetch_add32(join, 0xFFFF_FFFF, _core.ACQ_REL) == 1:
             # Every child finished in the meantime: no one will post us.
             del self.suspended[parent]
             s.store32(join, 1, _core.RELAXED)
-            self.private = kept
+            self.swap_private(kept)
             return
         self.task = 0
         self.depth = 0
-        self.private = collections.deque()
+        self.swap_private([])
         if self.pool:
             self.pool.pop().switch()
         else:
@@ -320,7 +257,8 @@ class ForkJoin:
 
             self.root.switch(NEW_FIBER)  # the root starts a fresh loop fiber
         # Resumed by our own loop: all children are done, the count is 0.
-        self.task, self.depth, self.private = saved
+        self.task, self.depth = saved
+        self.swap_private(kept)
         # Relaxed: no child of ours is outstanding, nobody else writes it now.
         s.store32(join, 1, _core.RELAXED)
 
@@ -337,48 +275,30 @@ class ForkJoin:
 
 # ---- the public functions (penny.spawn, penny.sync, penny.join, penny.parallel_for) ----
 
-def spawn(fn, /, *args, **kwargs):
-    """Start ``fn(*args, **kwargs)`` as a child of the running task; returns a handle
-    for `sync`.  Outside any task: `Scheduler.submit` on the current scheduler
-    (returns a Future)."""
-    fork = _fork
-    if fork is not None:
-        task = fork.task
-        if task:
-            # ForkJoin.spawn, inlined: this is the hottest path of nested code.
-            fid = fork.fids.get(fn)
-            if fid is None:
-                fid = fork.fids[fn] = fork.w.functions.id_for(fn)
-            h = Handle(fid, fn, args, kwargs, task)
-            fork.private.append(h)
-            fork.spawns += 1
-            # Relaxed: a hint that someone is idle; the wake inside publish is exact.
-            if fork._sleepers(H_SLEEPERS, _core.RELAXED) and not fork.s.deque_len(fork.w.own):
-                fork.publish_oldest()
-            return h
+spawn = _core.spawn
+sync = _core.sync
+
+
+def _spawn_slow(fn, args, kwargs):
+    """penny.spawn outside any task: submit to the current scheduler."""
     from .scheduler import current_scheduler
 
-    fut = current_scheduler().submit(fn, *args, **kwargs)
+    fut = current_scheduler().submit(fn, *args, **(kwargs or {}))
     _outside_spawned().append(fut)
     return fut
 
 
-def sync(handle=None):
-    """The result of a spawned child (its exception re-raised here), or, with no
-    argument, wait for every child spawned so far by the running task."""
+def _sync_slow(handle):
+    """penny.sync beyond the C fast path."""
     fork = _fork
     if handle is not None:
         if type(handle) is Handle:
-            if fork is not None and handle.state == _PRIVATE:
-                priv = fork.private
-                if priv and priv[-1] is handle and handle.parent == fork.task and fork.depth < _MAX_DEPTH:
-                    # ForkJoin.sync's common case, inlined: nobody wanted it; call it here.
-                    priv.pop()
-                    return fork.run_private(handle)
             if fork is None:
                 raise PennyError("penny: a task's handle can only be synced inside the task that spawned it")
             return fork.sync(handle)
-        return handle.result()  # a Future from spawn outside tasks
+        if hasattr(handle, "result"):
+            return handle.result()  # a Future from spawn outside tasks
+        raise TypeError(f"penny.sync: expected a handle from penny.spawn, got {type(handle).__name__}")
     if fork is not None and fork.task:
         err = fork.end_task(fork.task)
         if err is not None:
@@ -391,6 +311,9 @@ def sync(handle=None):
     return None
 
 
+_core.set_fallbacks(_spawn_slow, _sync_slow)
+
+
 def join(a, b):
     """Run `a` and `b`, possibly in parallel; return both results (Rayon's join).
     Each is a callable taking no argument or a tuple ``(fn, *args)``; `b` may
@@ -399,16 +322,16 @@ def join(a, b):
     fb, ab = _split(b)
     fork = _fork
     if fork is not None and fork.task:
-        h = fork.spawn(fb, ab, None)
+        h = spawn(fb, *ab)
         try:
             ra = fa(*aa)
         except BaseException:
             try:
-                fork.sync(h)
+                sync(h)
             except BaseException:  # noqa: BLE001 - the first exception wins
                 pass
             raise
-        return ra, fork.sync(h)
+        return ra, sync(h)
     from .scheduler import current_scheduler
 
     sched = current_scheduler()

@@ -53,6 +53,7 @@ H_SLEEPERS = 2 * LINE  # u32: workers announced as sleepers
 H_COLLECTOR = 3 * LINE          # u32: the collector's parking word (its state)
 H_COLLECTOR_SLEEPERS = 3 * LINE + 4  # u32: 1 while the collector is a sleeper
 H_FN_COUNT = 4 * LINE  # u32: function directory entries allocated
+H_IDLE = 4 * LINE + 32  # u32: workers looking for work (a hint for lazy publication)
 H_TASK_FREE = 5 * LINE  # u64: tagged head of the task-record free list
 H_ARENA_BUMP = 6 * LINE  # u64: bytes of the arena carved so far
 H_ARENA_FREE = 7 * LINE  # u64[ARENA_CLASSES]: tagged heads of block free lists
@@ -247,7 +248,7 @@ def bind(shared: "_core.Shared", layout: Layout) -> None:
     shared.set_tasks(
         layout.tasks, layout.task_capacity, RECORD_SIZE, H_TASK_FREE,
         R_STATE, R_FN, R_FLAGS, R_LINK, R_INLINE, INLINE_SIZE,
-        R_PARENT, R_JOIN, R_OWNER, layout.inbox(0), layout.slice_size,
+        R_PARENT, R_JOIN, R_OWNER, R_ATTEMPTS, layout.inbox(0), layout.slice_size,
         layout.injector, layout.completions,
         H_SLEEPERS, layout.state(0), layout.slice_size, layout.workers,
         H_COLLECTOR_SLEEPERS, H_COLLECTOR,

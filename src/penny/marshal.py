@@ -29,17 +29,34 @@ class ResultPicklingError(TypeError):
     """Raised (in the caller's future) when a task's return value cannot be pickled."""
 
 
-def encode_args(s: _core.Shared, arena: Arena, rec: int, args, kwargs) -> int:
-    """Write a call's arguments into record `rec`; returns the F_* flags to store."""
-    if not kwargs and s.pack_inline(rec + R_INLINE, INLINE_SIZE, args) >= 0:
-        return 0
+_INLINE_TYPES = frozenset((int, float, bool, type(None), str, bytes))
+
+
+def _pickle_args(args, kwargs) -> bytes:
     try:
-        data = pickle.dumps((tuple(args), kwargs or _NO_KWARGS), protocol=5)
+        return pickle.dumps((tuple(args), kwargs or _NO_KWARGS), protocol=5)
     except Exception as e:
         raise ArgumentPicklingError(
             f"penny: the task's arguments cannot be pickled ({type(e).__name__}: {e}); "
             "pass plain data, or objects whose classes are importable at module level"
         ) from e
+
+
+def prepickle(args, kwargs) -> bytes | None:
+    """Pickle arguments now unless they are plain values that will go inline
+    (those always pickle); raises ArgumentPicklingError in the caller."""
+    if not kwargs and all(type(a) in _INLINE_TYPES for a in args):
+        return None
+    return _pickle_args(args, kwargs)
+
+
+def encode_args(s: _core.Shared, arena: Arena, rec: int, args, kwargs, data: bytes | None = None) -> int:
+    """Write a call's arguments into record `rec`; returns the F_* flags to store.
+    `data` is their pickle when the caller made it already."""
+    if data is None:
+        if not kwargs and s.pack_inline(rec + R_INLINE, INLINE_SIZE, args) >= 0:
+            return 0
+        data = _pickle_args(args, kwargs)
     off, n = arena.put(data)
     # Relaxed: published with the record by the queue push's release.
     s.store64(rec + R_BLOB, off, _core.RELAXED)

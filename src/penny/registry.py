@@ -30,6 +30,11 @@ def qualified_name(fn) -> str:
     what = getattr(fn, "__name__", None) or repr(fn)
     if not callable(fn):
         raise TypeError(f"penny: {fn!r} is not callable")
+    if getattr(fn, "__self__", None) is not None and not isinstance(fn.__self__, type(sys)):
+        raise NotImportableError(
+            f"penny: {what!r} is a bound method; a task names a function, not an object: pass a "
+            "module-level function and the object (if it pickles) as an argument"
+        )
     if module is None or qualname is None:
         raise NotImportableError(
             f"penny: {what!r} has no module and qualified name, so a worker process cannot import it "

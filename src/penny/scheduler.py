@@ -33,9 +33,11 @@ from .layout import (
     H_COLLECTOR_SLEEPERS,
     H_SHUTDOWN,
     H_SLEEPERS,
+    R_ATTEMPTS,
     R_BLOB,
     R_FLAGS,
     R_FN,
+    R_PARENT,
     RECORD_SIZE,
     S_CANCELLED,
     S_CRASHED,
@@ -122,7 +124,7 @@ class Scheduler(cf.Executor):
         self._closed = False
         self._broken: BaseException | None = None
         self._shutdown_lock = threading.Lock()
-        self._backlog_lock = threading.Lock()
+        self._backlog_lock = threading.RLock()
         self._backlog: collections.deque = collections.deque()
         self._futures: dict[int, TaskFuture] = {}
         self._crash_info: dict[int, str] = {}
@@ -159,10 +161,12 @@ class Scheduler(cf.Executor):
     # ---- submitting ---------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
         """Run ``fn(*args, **kwargs)`` in a worker; `fn` must be importable by name."""
+        self._check_open()
         return self._submit(self._functions.id_for(fn), args, kwargs)
 
     def new_task(self, fn_id: int, args=()) -> cf.Future:
         """Run function `fn_id` of the static table with the argument list `args`."""
+        self._check_open()
         if fn_id not in self._functions.static:
             raise UnknownFunctionError(
                 f"penny: no function with id {fn_id!r} in this scheduler's table "
@@ -176,20 +180,26 @@ class Scheduler(cf.Executor):
         """``submit(fn, ...).result()``."""
         return self.submit(fn, *args, **kwargs).result()
 
-    def _submit(self, fid: int, args, kwargs) -> cf.Future:
+    def _check_open(self) -> None:
         if self._closed:
             raise SchedulerClosedError("penny: this scheduler was shut down; create a new one")
         if self._broken is not None:
             raise SchedulerClosedError(f"penny: this scheduler is broken: {self._broken}") from self._broken
+
+    def _submit(self, fid: int, args, kwargs) -> cf.Future:
+        self._check_open()
         fut = TaskFuture(self)
-        if not self._backlog and self._try_inject(fut, fid, args, kwargs):
+        if not self._backlog and self._try_inject(fut, fid, args, kwargs, None):
             return fut
+        # Every record is in flight: queue the call here.  Its arguments are
+        # pickled now, so an unpicklable one still fails in the caller.
+        data = marshal.prepickle(args, kwargs)
         with self._backlog_lock:
-            self._backlog.append((fut, fid, args, kwargs))
+            self._backlog.append((fut, fid, args, kwargs, data))
         self._drain_backlog()
         return fut
 
-    def _try_inject(self, fut: TaskFuture, fid: int, args, kwargs) -> bool:
+    def _try_inject(self, fut: TaskFuture, fid: int, args, kwargs, data) -> bool:
         """Inject one call; False if no task record is free (the caller backlogs it)."""
         if not kwargs:
             # Fast path: one C call takes a record, packs inline arguments,
@@ -197,9 +207,9 @@ class Scheduler(cf.Executor):
             ref = self._s.inject(fid, args, fut, self._futures)
             if ref >= 0:
                 return ref > 0
-        return self._inject(fut, fid, args, kwargs)
+        return self._inject(fut, fid, args, kwargs, data)
 
-    def _inject(self, fut: TaskFuture, fid: int, args, kwargs) -> bool:
+    def _inject(self, fut: TaskFuture, fid: int, args, kwargs, data=None) -> bool:
         """Put one call in a record and on the global queue; False if no record is free.
         The general path (pickled arguments); `Shared.inject` is its fast twin."""
         tasks = self._tasks
@@ -209,13 +219,16 @@ class Scheduler(cf.Executor):
         s = self._s
         rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
         try:
-            flags = marshal.encode_args(s, self._arena, rec, args, kwargs)
+            flags = marshal.encode_args(s, self._arena, rec, args, kwargs, data)
         except BaseException:
             tasks.free(ref)
             raise
-        # Relaxed: published by the release store of the status below.
+        # Relaxed: published by the release store of the status below.  Every
+        # field a reader uses is written: the record was some other task's.
         s.store32(rec + R_FN, fid, _core.RELAXED)
         s.store32(rec + R_FLAGS, flags, _core.RELAXED)
+        s.store64(rec + R_PARENT, 0, _core.RELAXED)
+        s.store32(rec + R_ATTEMPTS, 0, _core.RELAXED)
         tasks.set_status(ref, S_QUEUED)
         fut._ref = ref
         self._futures[ref] = fut  # before the push: the completion may come at once
@@ -226,30 +239,40 @@ class Scheduler(cf.Executor):
         return True
 
     def _drain_backlog(self) -> None:
-        """Inject backlogged calls while records are free (submitters and the collector)."""
+        """Inject backlogged calls while records are free (submitters and the collector).
+        Futures are resolved outside the lock: their callbacks may submit or cancel."""
+        failed = []
         with self._backlog_lock:
             while self._backlog:
-                fut, fid, args, kwargs = self._backlog[0]
+                fut, fid, args, kwargs, data = self._backlog[0]
                 if fut.cancelled():
                     self._backlog.popleft()
                     continue
                 try:
-                    if not self._try_inject(fut, fid, args, kwargs):
-                        return
-                except BaseException as e:  # e.g. arguments that cannot be pickled
-                    self._backlog.popleft()
-                    fut.set_exception(e)
-                    continue
+                    if not self._try_inject(fut, fid, args, kwargs, data):
+                        break
+                except BaseException as e:  # e.g. the arena is full
+                    failed.append((fut, e))
                 self._backlog.popleft()
+        for fut, e in failed:
+            try:
+                fut.set_exception(e)
+            except cf.InvalidStateError:
+                pass
 
     def _cancel(self, fut: TaskFuture) -> bool:
+        found = False
         with self._backlog_lock:
             if fut._ref == 0:
                 for i, item in enumerate(self._backlog):
                     if item[0] is fut:
                         del self._backlog[i]
-                        return cf.Future.cancel(fut)
-                return fut.cancelled()
+                        found = True
+                        break
+                else:
+                    return fut.cancelled()
+        if found:
+            return cf.Future.cancel(fut)  # outside the lock: it runs callbacks
         if self._tasks.transition(fut._ref, S_QUEUED, S_CANCELLED):
             # The worker that meets it hands the record back; the collector frees it.
             return cf.Future.cancel(fut)
@@ -264,14 +287,18 @@ class Scheduler(cf.Executor):
         materialised.  `chunksize` defaults to about 1/8 of a worker's share
         when the length is known, else it grows from 16 to 1024.
         """
-        from .worker import run_chunk
+        from .worker import run_chunk, run_chunk1
 
+        if not iterables:
+            raise TypeError("penny: map() needs at least one iterable")
+        self._check_open()
         fid = self._functions.id_for(fn)
-        chunk_fid = self._functions.id_for(run_chunk)
+        # One iterable: send the items themselves (not 1-tuples) and map over them.
+        chunk_fid = self._functions.id_for(run_chunk1 if len(iterables) == 1 else run_chunk)
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r}")
         sizes = self._chunk_sizes(iterables, chunksize)
-        source = zip(*iterables)
+        source = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
         window = max(4, 4 * self._layout.workers)
         pending: collections.deque = collections.deque()
 
@@ -311,7 +338,9 @@ class Scheduler(cf.Executor):
             n = min(len(it) for it in iterables)
         except TypeError:
             return itertools.chain((16, 32, 64, 128, 256, 512), itertools.repeat(1024))
-        return itertools.repeat(max(1, -(-n // (8 * self._layout.workers))))
+        # About 8 chunks per worker, at most MAP_MAX_CHUNK items each: the window
+        # of chunks in flight then never holds much of a huge input.
+        return itertools.repeat(max(1, min(config.MAP_MAX_CHUNK, -(-n // (8 * self._layout.workers)))))
 
     # ---- collecting -----------------------------------------------------------
     def _collect_loop(self) -> None:
@@ -419,7 +448,7 @@ class Scheduler(cf.Executor):
             fut.cancel()
 
     def _wait_pending(self) -> None:
-        while not self._torn_down.is_set():
+        while not self._torn_down.is_set() and self._broken is None:
             with self._backlog_lock:
                 futs = [item[0] for item in self._backlog]
             futs += list(self._futures.values())

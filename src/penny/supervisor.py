@@ -108,13 +108,17 @@ class Supervisor:
                 if r == self._wake_r:
                     continue
                 w = by_sentinel[r]
-                proc = self.procs[w]
+                with self._lock:
+                    proc, self.procs[w] = self.procs[w], None  # watched no more
                 proc.join(0.1)
                 try:
                     self._recover(w, proc)
                 except Exception as e:  # noqa: BLE001 - never let the supervisor die silently
                     self.sched._broken = WorkerCrashedError(f"penny: recovering worker {w} failed: {e!r}")
                     self._fail_everything(self.sched._broken)
+                finally:
+                    proc.close()
+                if self.sched._broken is not None:
                     return
 
     def _recover(self, w: int, proc) -> None:
@@ -181,8 +185,17 @@ class Supervisor:
                 self._start(w)
 
     def _fail_everything(self, err: BaseException) -> None:
+        """The scheduler is broken: every pending future fails with `err`."""
         sched = self.sched
-        for fut in list(sched._futures.values()) + [item[0] for item in list(sched._backlog)]:
+        with sched._backlog_lock:
+            futs = [item[0] for item in sched._backlog]
+            sched._backlog.clear()
+        while sched._futures:
+            try:
+                futs.append(sched._futures.popitem()[1])
+            except KeyError:
+                break
+        for fut in futs:
             if not fut.done():
                 try:
                     fut.set_exception(err)

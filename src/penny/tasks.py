@@ -23,7 +23,6 @@ from .layout import (
     R_LINK,
     R_STATE,
     RECORD_SIZE,
-    S_FREE,
     Layout,
     make_ref,
 )
@@ -32,7 +31,7 @@ GEN_MASK = 0x7FFF_FFFF  # generations stay below 2**31 so refs are positive int6
 
 
 class TaskTable:
-    __slots__ = ("s", "base", "capacity", "_pop", "_push", "_load64", "_store64", "_cas64")
+    __slots__ = ("s", "base", "capacity", "_pop", "_push", "_load64", "_store64", "_cas64", "_free")
 
     def __init__(self, shared: _core.Shared, layout: Layout):
         self.s = shared
@@ -43,6 +42,7 @@ class TaskTable:
         self._load64 = shared.load64
         self._store64 = shared.store64
         self._cas64 = shared.cas64
+        self._free = shared.free_task
 
     def init_free_list(self) -> None:
         """Put every record on the free list, index 0 on top (creator only)."""
@@ -89,8 +89,4 @@ class TaskTable:
 
     def free(self, ref: int) -> None:
         """Recycle a record whose task is over (its blobs already freed)."""
-        i = (ref & 0xFFFF_FFFF) - 1
-        gen = ((ref >> 32) + 1) & GEN_MASK
-        # Relaxed: the free list's release CAS publishes it.
-        self._store64(self.base + i * RECORD_SIZE + R_STATE, (S_FREE << 32) | gen, _core.RELAXED)
-        self._push(H_TASK_FREE, self.base, RECORD_SIZE, R_LINK, self.capacity, i)
+        self._free(ref)  # C: state FREE|gen+1, then the free list's release CAS

@@ -30,8 +30,10 @@ from .layout import (
     F_RESULT_BLOB,
     H_COLLECTOR,
     H_COLLECTOR_SLEEPERS,
+    H_IDLE,
     H_SHUTDOWN,
     H_SLEEPERS,
+    R_ATTEMPTS,
     R_FLAGS,
     R_FN,
     R_JOIN,
@@ -67,6 +69,7 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     # handles it and shuts us down; a worker that died of it would lose work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     region = handle.attach()
+    watch_parent(region.main_pid)
     try:
         current = Worker(region, wid, static_functions, start_method, seed)
         current.run()
@@ -149,7 +152,15 @@ class Worker:
                         return
                     continue
             t0 = perf()
-            run_task(ref)
+            try:
+                run_task(ref)
+            except BaseException:
+                # Not the task's exception (run_task reports those): a fault
+                # in the runtime itself.  Put back a ref we had not claimed,
+                # then die; the supervisor recovers a claimed one.
+                if self.tasks.status(ref) == S_QUEUED:
+                    self.s.queue_push(self.lay.injector, ref)
+                raise
             counts["busy_ns"] += perf() - t0
             ran += 1
             if ran >= flush_every:
@@ -182,7 +193,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
             value, failed = exc, True
             del exc
-        if ref in fork.published or (fork.private and fork.private[-1].parent == ref):
+        if ref in fork.published or fork.live():
             err = fork.end_task(ref)  # implicit sync: children finish before their parent
             if err is not None and not failed:
                 value, failed = err, True
@@ -248,6 +259,7 @@ class Worker:
         s.store32(rec + R_FN, fid, _core.RELAXED)
         s.store32(rec + R_FLAGS, flags, _core.RELAXED)
         s.store64(rec + R_PARENT, parent, _core.RELAXED)
+        s.store32(rec + R_ATTEMPTS, 0, _core.RELAXED)
         prec = tasks.base + ((parent & 0xFFFF_FFFF) - 1) * RECORD_SIZE
         s.fetch_add32(prec + R_JOIN, 1, _core.RELAXED)  # see Shared.spawn
         tasks.set_status(ref, S_QUEUED)
@@ -316,6 +328,16 @@ class Worker:
     def idle(self) -> bool:
         """Wait for work.  False when the worker should exit."""
         s = self.s
+        # Relaxed RMWs: the idle count is only a hint for lazy publication
+        # (fibers.py); waking is the parking protocol's job.
+        s.fetch_add32(H_IDLE, 1, _core.RELAXED)
+        try:
+            return self._idle()
+        finally:
+            s.fetch_add32(H_IDLE, 0xFFFF_FFFF, _core.RELAXED)
+
+    def _idle(self) -> bool:
+        s = self.s
         self.flush_stats()
         for _ in range(config.SPIN_ROUNDS):
             if s.load32(H_SHUTDOWN, _core.ACQUIRE):
@@ -340,13 +362,7 @@ class Worker:
         return bool(self.s.load32(H_SHUTDOWN, _core.ACQUIRE)) or self.has_work()
 
     def parent_alive(self) -> bool:
-        try:
-            os.kill(self.main_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # pid reused by another user's process
-            return False
-        return True
+        return process_alive(self.main_pid)
 
     def flush_stats(self) -> None:
         s, base = self.s, self.stats_base
@@ -356,8 +372,59 @@ class Worker:
             s.store64(base + 8 * i, self.counts[name], _core.RELAXED)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not reaped, counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+def watch_parent(pid: int) -> None:
+    """Exit this worker as soon as the main process dies, even mid-task.
+
+    A daemon thread blocks (without the GIL) on a pidfd of the main process,
+    which becomes readable when it exits, reaped or not; then the worker
+    leaves at once: nobody is left to want its results, and the region is
+    freed when its last mapping goes.  Without pidfd (old kernels), the
+    thread polls every PARK_TIMEOUT seconds instead.
+    """
+    import select
+    import threading
+
+    def exit_now():
+        os._exit(3)
+
+    def watch():
+        fd = -1
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pass
+        if fd >= 0 and process_alive(pid):
+            select.select([fd], [], [])
+            exit_now()
+        while process_alive(pid):
+            time.sleep(config.PARK_TIMEOUT)
+        exit_now()
+
+    threading.Thread(target=watch, name="penny-parent-watch", daemon=True).start()
+
+
 def run_chunk(fid: int, items: list) -> list:
-    """Internal task behind Scheduler.map: apply function `fid` to each argument tuple."""
+    """Internal task behind Scheduler.map over several iterables: ``fn(*args)`` per tuple."""
     fn = current.functions.lookup(fid)
     return [fn(*args) for args in items]
+
+
+def run_chunk1(fid: int, items: list) -> list:
+    """Internal task behind Scheduler.map over one iterable: ``fn(item)`` per item."""
+    return list(map(current.functions.lookup(fid), items))
 
