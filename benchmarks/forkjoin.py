@@ -89,17 +89,109 @@ def run(quick: bool = False, workers: int = 2, json_path: str | None = None, out
                              "overhead_us": overhead}
         out(f"stolen child: rounds of two {us:.0f} us halves took {per / 1000:.0f} us each "
             f"({stolen}/{pairs} children ran on the other worker): {overhead:.0f} us over perfect overlap")
+    results["peers"] = {}
     for peer in ("ray", "dask"):
-        try:
-            __import__(peer)
-            results[peer] = "installed but not benchmarked here yet"
-        except ImportError:
-            results[peer] = "not installed"
-        out(f"{peer}: {results[peer]}")
+        results["peers"][peer] = run_peer_isolated(peer, workers, reps, out)
     if json_path:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=2)
     return results
+
+
+PEER_WORKLOADS = [("fib(28), leaves n<=14", 28, 14), ("fib(30), leaves n<=10", 30, 10)]
+
+
+def run_peer_isolated(peer: str, workers: int, reps: int, out) -> dict:
+    """Run `peers` for one peer in a child process (a peer that crashes or
+    hangs must not take the suite with it); its JSON comes back on stdout."""
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--peer", peer, "--workers", str(workers),
+           "--reps", str(reps)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PEER_TIMEOUT_S,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        out(f"{peer}: gave up after {PEER_TIMEOUT_S} s")
+        return {"error": f"timed out after {PEER_TIMEOUT_S} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEER-JSON ")]
+    for ln in proc.stdout.splitlines():
+        if not ln.startswith("PEER-JSON "):
+            out(ln)
+    if proc.returncode or not lines:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        out(f"{peer}: failed (exit {proc.returncode}): {' | '.join(tail)}")
+        return {"error": f"exit {proc.returncode}", "stderr_tail": tail}
+    return json.loads(lines[-1][len("PEER-JSON "):])
+
+
+PEER_TIMEOUT_S = 300
+
+
+def peers(workers: int, reps: int, out, which=("ray", "dask")) -> dict:
+    """Ray and Dask on the fib workload, each next to Penny in the same run.
+    Only fib(28) with leaves at n <= 14 (1,973 tasks): Ray needs about 25 s
+    for it here already, and fib(30) with 35,421 tasks would take minutes."""
+    import peer_tasks as P
+
+    res = {}
+    cases = PEER_WORKLOADS[:1]
+    preps = max(1, reps // 2)
+    with penny.Scheduler(workers) as s:
+        s.run(T.fib, 18, 10)
+        penny_t = {name: timed(lambda: s.run(T.fib, n, c), reps)[0] for name, n, c in cases}
+    for peer in which:
+        try:
+            start, stop, call = _peer_api(peer, workers)
+        except ImportError:
+            res[peer] = "not installed"
+            out(f"{peer}: not installed (pip install {'ray' if peer == 'ray' else 'dask[distributed]'})")
+            continue
+        handle = start()
+        try:
+            call(handle, P, 20, 10)  # warm up
+            for name, n, c in cases:
+                tp, tp_med, got = timed(lambda: call(handle, P, n, c), preps)
+                if got != T.fib_serial(n):
+                    raise AssertionError(f"{peer} {name}: {got}")
+                ratio = tp / penny_t[name]
+                res.setdefault(peer, {})[name] = {"peer_s": tp, "peer_med_s": tp_med, "penny_s": penny_t[name],
+                                                  "penny_faster": ratio, "met_20x": ratio >= 20}
+                out(f"{peer:5} {name:24} {tp:8.3f} s [{tp_med:.3f}] vs Penny {penny_t[name]:.3f} s: "
+                    f"Penny {ratio:.0f}x faster (target >= 20x {'ok' if ratio >= 20 else 'MISSED'})")
+        finally:
+            stop(handle)
+    return res
+
+
+def _peer_api(peer: str, workers: int):
+    if peer == "ray":
+        import ray
+
+        def start():
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR",
+                     runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+            return ray
+
+        def call(r, P, n, c):
+            return r.get(P._fib_ray_remote().remote(n, c))
+
+        return start, lambda r: r.shutdown(), call
+    from distributed import Client, LocalCluster
+
+    def start():
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        return cluster, Client(cluster)
+
+    def call(h, P, n, c):
+        return h[1].submit(P.fib_dask, n, c, pure=False).result()
+
+    def stop(h):
+        h[1].close()
+        h[0].close()
+
+    return start, stop, call
 
 
 def main(argv=None) -> int:
@@ -107,7 +199,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--peer", choices=("ray", "dask"), help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.peer:
+        res = peers(a.workers, a.reps, lambda line: print(line, flush=True), (a.peer,))
+        print("PEER-JSON " + json.dumps(res.get(a.peer)), flush=True)
+        return 0
     run(a.quick, a.workers, a.json)
     return 0
 

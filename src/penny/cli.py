@@ -4,7 +4,9 @@
         the quick start, then a CPU-bound job (counting primes in ranges,
         tasks of ~10 ms) timed serially and on a Scheduler, with the speedup
     penny bench [--quick] [--json PATH] [--only a,b,...]
-        the benchmark suite of the repository's benchmarks/core.py
+        the repository's benchmark suites: benchmarks/core.py (throughput,
+        map, wake latency, record round trip, startup), then
+        benchmarks/forkjoin.py (fib, nqueens, UTS, spawn/sync, Ray, Dask)
     penny info
         version, Python, default start method, CPUs, native core, optional packages
 
@@ -31,6 +33,21 @@ def add(a, b):
 
 def square(x):
     return x * x
+
+
+def fib_serial(n: int) -> int:
+    return n if n < 2 else fib_serial(n - 1) + fib_serial(n - 2)
+
+
+def fib(n: int, cutoff: int) -> int:
+    """Nested fork-join: each level spawns one child that an idle worker may steal."""
+    import penny
+
+    if n <= cutoff:
+        return fib_serial(n)
+    x = penny.spawn(fib, n - 1, cutoff)
+    y = fib(n - 2, cutoff)
+    return penny.sync(x) + y
 
 
 def count_primes(lo: int, hi: int) -> int:
@@ -99,6 +116,26 @@ def cmd_demo(args) -> int:
         steals = after["totals"]["steals"] - before["totals"]["steals"]
         print(f"  speedup: {t_serial / t_par:.2f}x on {workers} workers "
               f"({os.cpu_count()} CPUs; tasks run per worker: {per}; steals during the job: {steals})")
+
+        n, cutoff = 30, 12
+        print(f"\nNested fork-join: fib({n}) spawning down to n <= {cutoff}")
+        t0 = time.perf_counter()
+        want = fib_serial(n)
+        t_serial = time.perf_counter() - t0
+        before = s.stats()["totals"]
+        t0 = time.perf_counter()
+        got = s.run(fib, n, cutoff)
+        t_par = time.perf_counter() - t0
+        time.sleep(0.05)  # workers publish their counters when they go idle
+        after = s.stats()["totals"]
+        if got != want:
+            print(f"penny demo: fib({n}) gave {got}, expected {want}", file=sys.stderr)
+            return 1
+        print(f"  serial: {t_serial:.3f} s; Scheduler({workers}): {t_par:.3f} s -> fib({n}) = {got:,}; "
+              f"speedup {t_serial / t_par:.2f}x")
+        print(f"  spawns {after['spawns'] - before['spawns']:,}, of which published for thieves "
+              f"{after['published'] - before['published']:,}; steals {after['steals'] - before['steals']}; "
+              f"suspended syncs {after['suspends'] - before['suspends']}")
     return 0
 
 
@@ -150,7 +187,18 @@ def cmd_bench(args) -> int:
         argv += ["--json", args.json]
     if args.only:
         argv += ["--only", args.only]
-    return core.main(argv)
+    rc = core.main(argv)
+    if rc or args.only:
+        return rc
+    # Then the nested fork-join suite (fib, nqueens, UTS, spawn/sync, Ray and Dask).
+    import subprocess
+
+    cmd = [sys.executable, str(bench_dir / "forkjoin.py")] + (["--quick"] if args.quick else [])
+    if args.json:
+        base, ext = os.path.splitext(args.json)
+        cmd += ["--json", f"{base}-forkjoin{ext or '.json'}"]
+    print()
+    return subprocess.call(cmd)
 
 
 # ---- info ---------------------------------------------------------------------------
