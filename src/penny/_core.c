@@ -1251,6 +1251,46 @@ tagged_push(a64 *head, char *base, Py_ssize_t stride, Py_ssize_t link, Py_ssize_
 
 #define GEN_MASK 0x7fffffffu
 
+enum { TR_FULL = -1, TR_NOT_INLINE = -2 };
+
+/* Take a free record and pack the tuple or list `seq` into its inline area.
+ * Returns the record's index; TR_FULL when no record is free; TR_NOT_INLINE
+ * when `seq` does not fit inline (the record went back to the free list). */
+static Py_ssize_t
+take_record(Shared *s, PyObject *seq)
+{
+    TaskGeometry *g = &s->g;
+    Py_ssize_t n;
+    PyObject **items;
+    if (PyTuple_CheckExact(seq)) {
+        n = PyTuple_GET_SIZE(seq);
+        items = &PyTuple_GET_ITEM(seq, 0);
+    } else if (PyList_CheckExact(seq)) {
+        n = PyList_GET_SIZE(seq);
+        items = &PyList_GET_ITEM(seq, 0);
+    } else {
+        return TR_NOT_INLINE;
+    }
+    if (n > 255)
+        return TR_NOT_INLINE;
+    a64 *head = (a64 *)(s->base + g->free_head);
+    char *tbase = s->base + g->tasks;
+    Py_ssize_t idx = tagged_pop(head, tbase, g->record, g->r_link, g->capacity);
+    if (idx < 0)
+        return TR_FULL;
+    char *p = tbase + idx * g->record + g->r_inline, *end = p + g->inline_size, *q = p + 1;
+    *p = (char)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t w = pack_one(items[i], q, end);
+        if (w < 0) {
+            tagged_push(head, tbase, g->record, g->r_link, idx);
+            return TR_NOT_INLINE;
+        }
+        q += w;
+    }
+    return idx;
+}
+
 /* inject(fid, args, future, futures) -> ref; 0 when no record is free; -1 when
  * the arguments are not inlinable (nothing was taken).  On success the future
  * is in `futures` under the ref *before* the ref is visible to any worker. */
@@ -1264,36 +1304,12 @@ S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     unsigned long fid = PyLong_AsUnsignedLong(args[0]);
     if (fid == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
-    PyObject *seq = args[1];
-    Py_ssize_t n;
-    PyObject **items;
-    if (PyTuple_CheckExact(seq)) {
-        n = PyTuple_GET_SIZE(seq);
-        items = &PyTuple_GET_ITEM(seq, 0);
-    } else if (PyList_CheckExact(seq)) {
-        n = PyList_GET_SIZE(seq);
-        items = &PyList_GET_ITEM(seq, 0);
-    } else {
-        return PyLong_FromLong(-1);
-    }
-    if (n > 255)
-        return PyLong_FromLong(-1);
     a64 *head = (a64 *)(s->base + g->free_head);
     char *tbase = s->base + g->tasks;
-    Py_ssize_t idx = tagged_pop(head, tbase, g->record, g->r_link, g->capacity);
+    Py_ssize_t idx = take_record(s, args[1]);
     if (idx < 0)
-        return PyLong_FromLong(0);
+        return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
     char *rec = tbase + idx * g->record;
-    char *p = rec + g->r_inline, *end = p + g->inline_size, *q = p + 1;
-    *p = (char)n;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t w = pack_one(items[i], q, end);
-        if (w < 0) {
-            tagged_push(head, tbase, g->record, g->r_link, idx);
-            return PyLong_FromLong(-1);
-        }
-        q += w;
-    }
     a64 *state = (a64 *)(rec + g->r_state);
     /* Relaxed: we own the record (popped with acquire). */
     uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
@@ -1491,36 +1507,11 @@ S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pidx = (Py_ssize_t)(parent & 0xffffffffu) - 1;
     if (pidx < 0 || pidx >= g->capacity)
         return PyErr_Format(PyExc_ValueError, "bad parent ref %llu", (unsigned long long)parent);
-    PyObject *seq = args[1];
-    Py_ssize_t n;
-    PyObject **items;
-    if (PyTuple_CheckExact(seq)) {
-        n = PyTuple_GET_SIZE(seq);
-        items = &PyTuple_GET_ITEM(seq, 0);
-    } else if (PyList_CheckExact(seq)) {
-        n = PyList_GET_SIZE(seq);
-        items = &PyList_GET_ITEM(seq, 0);
-    } else {
-        return PyLong_FromLong(-1);
-    }
-    if (n > 255)
-        return PyLong_FromLong(-1);
-    a64 *head = (a64 *)(s->base + g->free_head);
     char *tbase = s->base + g->tasks;
-    Py_ssize_t idx = tagged_pop(head, tbase, g->record, g->r_link, g->capacity);
+    Py_ssize_t idx = take_record(s, args[1]);
     if (idx < 0)
-        return PyLong_FromLong(0);
+        return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
     char *rec = tbase + idx * g->record;
-    char *p = rec + g->r_inline, *end = p + g->inline_size, *q = p + 1;
-    *p = (char)n;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t w = pack_one(items[i], q, end);
-        if (w < 0) {
-            tagged_push(head, tbase, g->record, g->r_link, idx);
-            return PyLong_FromLong(-1);
-        }
-        q += w;
-    }
     a64 *state = (a64 *)(rec + g->r_state);
     uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
     uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);

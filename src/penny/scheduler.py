@@ -145,9 +145,11 @@ class Scheduler(cf.Executor):
             self._collector_parker = Parker(s, H_COLLECTOR, H_COLLECTOR_SLEEPERS)
             self._collector_stop = False
             self._collector = threading.Thread(target=self._collect_loop, name="penny-collector", daemon=True)
-            self._collector.start()
+            # Workers first, our threads after: under "fork" a child then copies
+            # a single-threaded parent (Python 3.12+ warns otherwise).
             self._supervisor = Supervisor(self, multiprocessing.get_context(method), static, seed)
             self._supervisor.start_workers()
+            self._collector.start()
         except BaseException:
             self._teardown(force=True)
             raise
