@@ -279,11 +279,9 @@ def test_value_must_be_an_int(mem):
         mem.fetch_add32(0, "1")
 
 
-# KNOWN BUG (src/penny/_core.c, as_u64): the helper documents "Accept any int
-# in [-2**63, 2**64)" but uses PyLong_AsUnsignedLongLongMask, which silently
-# reduces any int modulo 2**64: store64(off, 2**64 + 5) stores 5 and
-# deque_push(off, 2**64 + 5) pushes ref 5.  Out-of-range values should raise
-# OverflowError instead of corrupting a ref or a counter.
+# Regression (found by this test, fixed in _core.c as_u64): values outside
+# [-2**63, 2**64) once wrapped modulo 2**64 (store64(off, 2**64 + 5) stored 5,
+# deque_push pushed ref 5); they must raise OverflowError instead.
 @pytest.mark.parametrize("value", [(1 << 64) + 5, -(1 << 63) - 1])
 def test_64_bit_values_outside_the_documented_range_are_refused(mem, value):
     mem.store64(0, 42)

@@ -190,14 +190,11 @@ def test_notify_checks_the_sleeper_word(mem):
         mem.notify(SLEEPERS, STATES, STRIDE, 1)
 
 
-# KNOWN BUG (src/penny/_core.c, S_notify): notify loads a parking word, sees
-# SLEEPY, and CASes SLEEPY -> NOTIFIED.  If the sleeper's own CAS SLEEPY ->
-# SLEEPING (protocol step 4) lands between that load and that CAS, notify's
-# CAS fails and it moves on to the next word instead of retrying with the
-# value it just observed (SLEEPING).  With one sleeper it returns -1 and the
-# sleeper sleeps in futex_wait until its timeout (or forever with None): a
-# lost wake-up.  The fix is to retry the CAS on the same word while the
-# observed value is SLEEPY or SLEEPING.
+# Regression (found by this test, fixed in _core.c notify_word): notify loaded
+# a parking word, saw SLEEPY and CASed SLEEPY -> NOTIFIED; when the sleeper's
+# own CAS SLEEPY -> SLEEPING (protocol step 4) landed in between, notify's CAS
+# failed and it moved on instead of retrying with the value it observed: a
+# lost wake-up.  notify_word now retries while the word is SLEEPY or SLEEPING.
 #
 # The test plays the real sleeper sequence (SLEEPY, then CAS SLEEPY ->
 # SLEEPING) against one notify per round, the sleeper's CAS timed to land

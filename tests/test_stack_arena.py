@@ -361,11 +361,9 @@ def test_exhaustion_raises_memory_error_with_sizes_and_recovers_after_free(arena
         arena.alloc(10)
 
 
-# KNOWN BUG (src/penny/arena.py, Arena.alloc): the bump allocation is a bare
-# fetch_add, so a request that does not fit still advances H_ARENA_BUMP past
-# the end.  The untouched bytes that remained are lost for good: the first
-# MemoryError says "32768 of 65536 bytes never used remain", and the very
-# next small request fails with "0 ... remain".
+# Regression (found by this test, fixed with Shared.bump): the bump allocation
+# was a bare fetch_add, so a request that did not fit still advanced the bump
+# pointer past the end and the untouched rest of the arena was lost for good.
 def test_a_refused_request_does_not_leak_the_untouched_rest(arena):
     big = arena.alloc(30_000)  # a 32 KiB block: half the arena
     assert arena.used() == 1 << 15
