@@ -1,13 +1,15 @@
 """Nested fork-join inside tasks: spawn, sync, and continuations on fibers.
 
-A spawned child starts *private*: a handle in this worker's private deque,
+A spawned child starts *private*: a `Handle` in this worker's private list,
 no record, no atomic.  If the parent syncs it before anyone wanted it, it is
-simply called (the common, unstolen case costs a few Python calls).  The
-child is *published* (given a task record and pushed on the worker's shared
-Chase-Lev deque, where thieves steal from the top) only when another worker
-is idle: each spawn looks at the sleeper count and, if someone sleeps and our
-shared deque is empty, publishes the oldest private child, the biggest piece
-of work in a divide-and-conquer recursion (lazy task creation).
+simply called: `penny.spawn` and `penny.sync` are C functions (_core.c,
+section 9) and the unstolen case costs those two calls around the call
+itself.  The child is *published* (given a task record and pushed on the
+worker's shared Chase-Lev deque, where thieves steal from the top) only when
+another worker is idle: each spawn reads the idle-worker count and, if
+someone is idle and our shared deque is empty, publishes the oldest private
+child, the biggest piece of work in a divide-and-conquer recursion (lazy task
+creation).  This module holds the slow paths the C code calls back into.
 
 Waiting for a published child (`sync`):
 
@@ -24,7 +26,7 @@ Waiting for a published child (`sync`):
    it.  The owner's loop finds the ref and switches back to the fiber;
    `sync` returns.  A continuation never moves between processes.
 
-Inline nesting is capped (_MAX_DEPTH): past it, a sync suspends
+Inline nesting is capped (config.MAX_INLINE_DEPTH): past it, a sync suspends
 instead of running the child on the same stack, and a fresh fiber (with its
 own recursion depth) runs it, so spawn chains of any depth finish without
 hitting Python's recursion limit.
