@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from penny import _core, deque
 from penny.deque import EMPTY, RETRY, Stealer, Worker
+from tests.procs import join_all
 
 FORK = multiprocessing.get_context("fork")
 MAX_REF = (1 << 63) - 1
@@ -55,19 +56,6 @@ def make_deque():
         mem.close()
 
 
-def join_all(procs, timeout):
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        hung = [p for p in procs if p.is_alive()]
-        assert not hung, f"processes still running after {timeout} s: {hung}"
-        assert [p.exitcode for p in procs] == [0] * len(procs)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
 
 
 # ---- geometry -------------------------------------------------------------------

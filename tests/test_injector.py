@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from penny import _core, injector
 from penny.injector import Injector
+from tests.procs import join_all
 
 FORK = multiprocessing.get_context("fork")
 EMPTY = _core.EMPTY
@@ -53,19 +54,6 @@ def make_queue():
         mem.close()
 
 
-def join_all(procs, timeout):
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        hung = [p for p in procs if p.is_alive()]
-        assert not hung, f"processes still running after {timeout} s: {hung}"
-        assert [p.exitcode for p in procs] == [0] * len(procs)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
 
 
 # ---- geometry -------------------------------------------------------------------

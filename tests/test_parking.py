@@ -24,6 +24,7 @@ import pytest
 from penny import _core, injector
 from penny.injector import Injector
 from penny.parking import AWAKE, NOTIFIED, SLEEPING, SLEEPY, Notifier, Parker, wake_all
+from tests.procs import join_all
 
 FORK = multiprocessing.get_context("fork")
 SLEEPERS = 0
@@ -47,19 +48,6 @@ def mem():
         m.close()
 
 
-def join_all(procs, timeout):
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        hung = [p for p in procs if p.is_alive()]
-        assert not hung, f"processes still running after {timeout} s: {hung}"
-        assert [p.exitcode for p in procs] == [0] * len(procs)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
 
 
 def wait_for(cond, timeout=15.0, what="condition"):

@@ -9,7 +9,6 @@ import mmap
 import multiprocessing
 import os
 import random
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -35,23 +34,11 @@ from penny.layout import (
 )
 from penny.region import Region
 from penny.tasks import GEN_MASK, TaskTable
+from tests.procs import join_all
 
 FORK = multiprocessing.get_context("fork")
 
 
-def join_all(procs, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        hung = [p for p in procs if p.is_alive()]
-        assert not hung, f"processes still running after {timeout} s: {hung}"
-        assert [p.exitcode for p in procs] == [0] * len(procs)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
 
 
 def run_procs(target, args_list, timeout=60.0):
