@@ -143,6 +143,8 @@ def _fmt(v, unit: str) -> str:
     if unit == "ns":
         return f"{v:.0f} ns"
     if unit == "s":
+        if v < 0.01:
+            return f"{v * 1e6:.0f} us" if v < 0.001 else f"{v * 1000:.2f} ms"
         return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
     return f"{v:.3g}"
 
@@ -619,7 +621,7 @@ BENCHES = {
     "a": ("empty-task throughput", lambda q: bench_throughput(20_000, 2 if q else 5)),
     "b": ("static-table throughput", lambda q: bench_throughput(20_000, 2 if q else 5, static=True)),
     "c": ("map", lambda q: bench_map(1_000_000, 1 if q else 3)),
-    "d": ("wake latency", lambda q: bench_wake_latency(100 if q else 200)),
+    "d": ("wake latency", lambda q: bench_wake_latency(40 if q else 200)),
     "e": ("record round trip", lambda q: bench_record_roundtrip(100_000 if q else 200_000, 3 if q else 5)),
     "f": ("startup", lambda q: bench_startup(reps=2 if q else 3, cold_reps=1 if q else 3)),
 }

@@ -48,7 +48,10 @@ def workloads(quick: bool):
     ]
 
 
-def run(quick: bool = False, workers: int = 2, json_path: str | None = None, out=print) -> dict:
+def run(quick: bool = False, workers: int = 2, json_path: str | None = None, out=print,
+        peers=("ray", "dask")) -> dict:
+    """The suite; `peers` (Ray, Dask on fib(28)) may be () when the caller runs
+    its own peer comparisons (``penny bench`` uses benchmarks/peers.py)."""
     reps = 3 if quick else 5
     results = {"meta": {"python": platform.python_version(), "machine": platform.machine(),
                         "cpus": os.cpu_count(), "workers": workers,
@@ -90,7 +93,7 @@ def run(quick: bool = False, workers: int = 2, json_path: str | None = None, out
         out(f"stolen child: rounds of two {us:.0f} us halves took {per / 1000:.0f} us each "
             f"({stolen}/{pairs} children ran on the other worker): {overhead:.0f} us over perfect overlap")
     results["peers"] = {}
-    for peer in ("ray", "dask"):
+    for peer in peers:
         results["peers"][peer] = run_peer_isolated(peer, workers, reps, out)
     if json_path:
         with open(json_path, "w") as f:

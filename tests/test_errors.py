@@ -238,17 +238,26 @@ def test_too_many_distinct_functions(make_sched):
 
 
 def test_argument_too_big_for_the_arena(make_sched):
-    s = make_sched(2, arena_size=1 << 20)
-    with pytest.raises(MemoryError, match="arena_size"):
+    s = make_sched(2, arena_size=1 << 20, arena_max=1 << 20)
+    with pytest.raises(MemoryError, match="arena_max") as e:
         s.submit(h.nbytes, b"x" * (2 << 20))
+    assert "bytes" in str(e.value)
     assert s.run(h.nbytes, b"x" * 1000) == 1000
     still_works(s)
 
 
 def test_result_too_big_for_the_arena(make_sched):
-    s = make_sched(2, arena_size=1 << 20)
+    s = make_sched(2, arena_size=1 << 20, arena_max=1 << 20)
     with pytest.raises(MemoryError):
         s.run(h.make_bytes, 2 << 20)
+    still_works(s)
+
+
+def test_the_arena_grows_past_its_small_part(make_sched):
+    # The same sizes with the default reservation: large blocks take extents.
+    s = make_sched(2, arena_size=1 << 20)
+    assert s.run(h.nbytes, b"x" * (2 << 20)) == 2 << 20
+    assert len(s.run(h.make_bytes, 2 << 20)) == 2 << 20
     still_works(s)
 
 

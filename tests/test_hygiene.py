@@ -21,6 +21,7 @@ import time
 import pytest
 
 from penny import Scheduler, WorkerCrashedError
+from penny.layout import W_PID
 from tests import helpers as h
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")
@@ -350,7 +351,11 @@ def _wait_replaced(s, old_pid, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pids = h.worker_pids(s)
-        if old_pid not in pids and len(pids) == 2 and all(h.pid_alive(p) for p in pids):
+        # Attached, not just started: a worker killed before it attaches counts
+        # as a start failure (three in a row mark the scheduler broken).
+        attached = {s._s.load32(s._layout.slice(w) + W_PID) for w in range(s.workers)}
+        if (old_pid not in pids and len(pids) == 2 and all(h.pid_alive(p) for p in pids)
+                and attached == set(pids)):
             return pids
         time.sleep(0.01)
     raise AssertionError(f"worker {old_pid} was not replaced: {h.worker_pids(s)}")

@@ -13,7 +13,13 @@ shared-memory region, atomics and futexes from a small C core.
         assert s.submit(add, 1, 2).result() == 3
 """
 
-from .errors import (
+import logging as _logging
+
+# A library adds no handler of its own: the application configures logging.
+# Records go to "penny" and its children ("penny.supervisor", "penny.worker", ...).
+_logging.getLogger("penny").addHandler(_logging.NullHandler())
+
+from .errors import (  # noqa: E402
     NotImportableError,
     PennyError,
     SchedulerClosedError,
@@ -23,6 +29,7 @@ from .errors import (
 )
 from .fibers import Handle, join, parallel_for, spawn, sync
 from .scheduler import Executor, Scheduler
+from .shared import share, shared_array, shared_buffer
 
 __version__ = "0.1.0"
 
@@ -39,6 +46,9 @@ __all__ = [
     "__version__",
     "join",
     "parallel_for",
+    "share",
+    "shared_array",
+    "shared_buffer",
     "spawn",
     "sync",
 ]

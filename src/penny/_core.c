@@ -84,7 +84,9 @@ typedef struct {
     Py_buffer view;
     char *base;
     Py_ssize_t len;
-    int has_view;
+    int has_view;        /* operations allowed (cleared by release()) */
+    int keep_view;       /* released, but leases still point into the view */
+    Py_ssize_t leases;   /* live Lease objects on this buffer (GIL-protected) */
     TaskGeometry g;
 } Shared;
 
@@ -226,21 +228,31 @@ Shared_init(Shared *self, PyObject *args, PyObject *kw)
 static void
 Shared_dealloc(Shared *self)
 {
-    if (self->has_view)
+    /* Leases hold a reference, so none is left here. */
+    if (self->has_view || self->keep_view)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* release() -> True if the buffer was let go now, False if leases (shared
+ * arrays still referenced somewhere in this process) keep it until the last
+ * of them is collected.  Either way no operation is accepted afterwards. */
 static PyObject *
 Shared_release(Shared *self, PyObject *unused)
 {
     if (self->has_view) {
-        PyBuffer_Release(&self->view);
         self->has_view = 0;
         self->base = NULL;
         self->len = 0;
+        if (self->leases > 0) {
+            self->keep_view = 1;
+            Py_RETURN_FALSE;
+        }
+        PyBuffer_Release(&self->view);
     }
-    Py_RETURN_NONE;
+    if (self->keep_view)
+        Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
 }
 
 /* ---- 1. generic atomics --------------------------------------------- */
@@ -609,6 +621,24 @@ S_deque_push(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(cl_push(b, mask, x));
 }
 
+/* Optional last argument of the take operations (deque_pop, deque_steal,
+ * pop_child, take_batch): the offset of the taking worker's `current` word.
+ * A taken ref is stored there in the same call, before the call returns, so
+ * a worker killed between taking a task and claiming it leaves the ref where
+ * the supervisor looks (supervisor.py).  Relaxed: only a supervisor reads
+ * it, after the worker is dead. */
+static int
+mark_taken(Shared *s, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i, int64_t ref)
+{
+    if (nargs <= i || ref <= 0 || args[i] == Py_None)
+        return 0;
+    a64 *m = addr(s, args[i], 8);
+    if (!m)
+        return -1;
+    atomic_store_explicit(m, (uint64_t)ref, memory_order_relaxed);
+    return 0;
+}
+
 static PyObject *
 S_deque_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -617,7 +647,10 @@ S_deque_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *b = deque_at(s, args[0], &mask);
     if (!b)
         return NULL;
-    return PyLong_FromLongLong(cl_pop(b, mask));
+    int64_t r = cl_pop(b, mask);
+    if (mark_taken(s, args, nargs, 1, r) < 0)
+        return NULL;
+    return PyLong_FromLongLong(r);
 }
 
 static PyObject *
@@ -628,7 +661,10 @@ S_deque_steal(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *b = deque_at(s, args[0], &mask);
     if (!b)
         return NULL;
-    return PyLong_FromLongLong(cl_steal(b, mask));
+    int64_t r = cl_steal(b, mask);
+    if (mark_taken(s, args, nargs, 1, r) < 0)
+        return NULL;
+    return PyLong_FromLongLong(r);
 }
 
 static PyObject *
@@ -810,6 +846,42 @@ S_queue_pop_many(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(v);
     }
     return out;
+}
+
+/* take_batch(queue, max, deque, current_off) -> (first ref or EMPTY, count).
+ * A worker's batch from the global queue, in one call: pop up to `max` refs
+ * (at most 64), mark the first as taken (see mark_taken) and push the others
+ * on the worker's own deque, newest first so the oldest is popped next
+ * (spilling back to the queue if the deque is full).  No ref is ever held
+ * only by a Python frame. */
+static PyObject *
+S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(4, "take_batch");
+    uint64_t qmask, dmask;
+    char *q = queue_at(s, args[0], &qmask);
+    char *dq = q ? deque_at(s, args[2], &dmask) : NULL;
+    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
+    if (!q || !dq || (max == -1 && PyErr_Occurred()))
+        return NULL;
+    int64_t refs[64];
+    if (max > 64)
+        max = 64;
+    Py_ssize_t n = 0;
+    while (n < max) {
+        int64_t x = mq_pop(q, qmask);
+        if (x == R_EMPTY)
+            break;
+        refs[n++] = x;
+    }
+    if (n == 0)
+        return Py_BuildValue("(Ln)", (long long)R_EMPTY, (Py_ssize_t)0);
+    if (mark_taken(s, args, nargs, 3, refs[0]) < 0)
+        return NULL;  /* a bad offset: a bug in the caller, caught in tests */
+    for (Py_ssize_t i = n - 1; i >= 1; i--)
+        if (!cl_push(dq, dmask, (uint64_t)refs[i]) && !mq_push(q, qmask, (uint64_t)refs[i]))
+            return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+    return Py_BuildValue("(Ln)", (long long)refs[0], n);
 }
 
 static PyObject *
@@ -1431,6 +1503,36 @@ route(Shared *s, uint64_t ref, uint64_t parent)
     return 0;
 }
 
+/* settle(ref, status, current_off): finish_slow's last step in one call:
+ * read the parent, store the status (release: the outcome written before it
+ * is visible to whoever acquires it), clear current, route the task.  One
+ * call, so a worker killed here cannot leave a finished task unrouted except
+ * in a window of a few instructions. */
+static PyObject *
+S_settle(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "settle");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t ref, status;
+    a64 *cur = addr(s, args[2], 8);
+    if (!cur || as_u64(args[0], &ref) < 0 || as_u64(args[1], &status) < 0)
+        return NULL;
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
+    if (idx < 0 || idx >= g->capacity)
+        return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
+    char *rec = s->base + g->tasks + idx * g->record;
+    /* Relaxed: written by the spawner before the release that published us;
+     * read before the status store, after which the record may be freed. */
+    uint64_t parent = atomic_load_explicit((a64 *)(rec + g->r_parent), memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + g->r_state), (status << 32) | (ref >> 32), memory_order_release);
+    atomic_store_explicit(cur, 0, memory_order_relaxed);
+    if (route(s, ref, parent) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* publish(ref, parent): route a task whose status the caller stored. */
 static PyObject *
 S_publish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
@@ -1553,8 +1655,11 @@ S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     /* Relaxed: the record was published to us by our own push. */
     uint64_t p = atomic_load_explicit((a64 *)(s->base + g->tasks + idx * g->record + g->r_parent),
                                       memory_order_relaxed);
-    if (p == parent)
+    if (p == parent) {
+        if (mark_taken(s, args, nargs, 2, ref) < 0)
+            return NULL;
         return PyLong_FromLongLong(ref);
+    }
     /* Not ours to run here: put it back where it was (we are the owner and
      * just emptied that slot, so the push cannot fail). */
     cl_push(dq, dmask, (uint64_t)ref);
@@ -2294,8 +2399,207 @@ S_len(Shared *s, void *closure)
     return PyLong_FromSsize_t(s->has_view ? s->len : 0);
 }
 
+
+
+/* token_give(flags_off, flag, join_off) -> the join count before.  A task
+ * about to suspend: mark it suspended (flag in its record's flags) and give
+ * up its join token, back to back, so a supervisor that finds the worker
+ * dead sees both or (in a window of one instruction) neither.  The flags
+ * word is written only by the task's owner; relaxed, ordered before the
+ * acq_rel RMW (which pairs with the children's decrements). */
+static PyObject *
+S_token_give(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "token_give");
+    uint64_t flag;
+    a32 *flags = addr(s, args[0], 4);
+    a32 *join = addr(s, args[2], 4);
+    if (!flags || !join || as_u64(args[1], &flag) < 0)
+        return NULL;
+    atomic_store_explicit(flags, atomic_load_explicit(flags, memory_order_relaxed) | (uint32_t)flag,
+                          memory_order_relaxed);
+    return PyLong_FromUnsignedLong(atomic_fetch_sub_explicit(join, 1, memory_order_acq_rel));
+}
+
+/* token_take(flags_off, flag, join_off): a resumed task (every child done, the
+ * count is 0) takes its token back and clears the mark, back to back.
+ * Relaxed: no child of ours is outstanding, nobody else writes them now. */
+static PyObject *
+S_token_take(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "token_take");
+    uint64_t flag;
+    a32 *flags = addr(s, args[0], 4);
+    a32 *join = addr(s, args[2], 4);
+    if (!flags || !join || as_u64(args[1], &flag) < 0)
+        return NULL;
+    atomic_store_explicit(join, 1, memory_order_relaxed);
+    atomic_store_explicit(flags, atomic_load_explicit(flags, memory_order_relaxed) & ~(uint32_t)flag,
+                          memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ */
+/* Lease: one process's hold on a block of the region                  */
+/*
+ * A Lease exports [offset, offset + nbytes) of a Shared buffer through the
+ * buffer protocol (NumPy arrays and memoryviews are built on it and keep it
+ * alive) and, when it is collected, calls release(offset): the arena drops
+ * the block's shared reference count and frees it at zero.  The buffer stays
+ * mapped while any lease on it lives, even after Shared.release().
+ */
+typedef struct {
+    PyObject_HEAD
+    Shared *s;
+    char *ptr;
+    Py_ssize_t offset, nbytes;
+    int readonly;
+    pid_t pid;           /* the process that made it: a forked copy must not release */
+    PyObject *release;   /* callable(offset) or None */
+} Lease;
+
+static PyTypeObject LeaseType;
+
+static int
+Lease_init(Lease *self, PyObject *args, PyObject *kw)
+{
+    PyObject *so, *release;
+    Py_ssize_t off, n;
+    int ro;
+    if (!PyArg_ParseTuple(args, "O!nnpO:Lease", &SharedType, &so, &off, &n, &ro, &release))
+        return -1;
+    if (self->s) {
+        PyErr_SetString(PyExc_RuntimeError, "Lease already initialised");
+        return -1;
+    }
+    Shared *s = (Shared *)so;
+    char *p = span(s, off, n);
+    if (!p)
+        return -1;
+    self->s = (Shared *)Py_NewRef(so);
+    s->leases++;
+    self->ptr = p;
+    self->offset = off;
+    self->nbytes = n;
+    self->readonly = ro;
+    self->pid = getpid();
+    self->release = Py_NewRef(release);
+    return 0;
+}
+
+static void
+Lease_dealloc(Lease *self)
+{
+    PyObject_GC_UnTrack(self);
+    /* A child forked from the holder has a copy of this object but never took
+     * a reference of its own: only the process that made the lease releases. */
+    if (self->release && self->release != Py_None && self->pid == getpid()) {
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);   /* dealloc may run while an exception is set */
+        PyObject *r = PyObject_CallFunction(self->release, "n", self->offset);
+        if (!r)
+            PyErr_WriteUnraisable(self->release);
+        Py_XDECREF(r);
+        PyErr_Restore(et, ev, etb);
+    }
+    Py_CLEAR(self->release);
+    Shared *s = self->s;
+    if (s) {
+        if (--s->leases == 0 && s->keep_view) {
+            s->keep_view = 0;
+            PyBuffer_Release(&s->view);
+        }
+        self->s = NULL;
+        Py_DECREF(s);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Lease_traverse(Lease *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->release);
+    return 0;
+}
+
+static int
+Lease_getbuffer(Lease *self, Py_buffer *view, int flags)
+{
+    if (!self->s) {
+        PyErr_SetString(PyExc_BufferError, "uninitialised Lease");
+        view->obj = NULL;
+        return -1;
+    }
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->nbytes, self->readonly, flags);
+}
+
+static PyBufferProcs Lease_as_buffer = {(getbufferproc)Lease_getbuffer, NULL};
+
+static PyObject *
+Lease_get_offset(Lease *self, void *c) { return PyLong_FromSsize_t(self->offset); }
+static PyObject *
+Lease_get_nbytes(Lease *self, void *c) { return PyLong_FromSsize_t(self->nbytes); }
+static PyObject *
+Lease_get_readonly(Lease *self, void *c) { return PyBool_FromLong(self->readonly); }
+static PyObject *
+Lease_get_address(Lease *self, void *c) { return PyLong_FromVoidPtr(self->ptr); }
+
+static PyGetSetDef Lease_getset[] = {
+    {"offset", (getter)Lease_get_offset, NULL, "offset of the data in the region", NULL},
+    {"nbytes", (getter)Lease_get_nbytes, NULL, "bytes exported", NULL},
+    {"readonly", (getter)Lease_get_readonly, NULL, "whether the export is read-only", NULL},
+    {"address", (getter)Lease_get_address, NULL, "address of the data in this process", NULL},
+    {NULL},
+};
+
+static PyTypeObject LeaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "penny._core.Lease",
+    .tp_basicsize = sizeof(Lease),
+    .tp_dealloc = (destructor)Lease_dealloc,
+    .tp_traverse = (traverseproc)Lease_traverse,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Lease(shared, offset, nbytes, readonly, release): a buffer over part of the region; "
+              "calls release(offset) when collected.",
+    .tp_as_buffer = &Lease_as_buffer,
+    .tp_getset = Lease_getset,
+    .tp_init = (initproc)Lease_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* buffer_info(obj) -> (address, nbytes, readonly, contiguous): where a buffer's
+ * first byte is in this process (to tell whether it lies in a region). */
+static PyObject *
+M_buffer_info(PyObject *mod, PyObject *obj)
+{
+    Py_buffer v;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_FULL_RO) < 0)
+        return NULL;
+    int contig = PyBuffer_IsContiguous(&v, 'A');
+    PyObject *r = Py_BuildValue("(NnOO)", PyLong_FromVoidPtr(v.buf), v.len,
+                                v.readonly ? Py_True : Py_False, contig ? Py_True : Py_False);
+    PyBuffer_Release(&v);
+    return r;
+}
+
+static PyObject *
+S_leases(Shared *s, void *closure)
+{
+    return PyLong_FromSsize_t(s->leases);
+}
+
+static PyObject *
+S_address(Shared *s, void *closure)
+{
+    return PyLong_FromVoidPtr(s->has_view ? s->base : NULL);
+}
+
 static PyMethodDef Shared_methods[] = {
     {"release", (PyCFunction)Shared_release, METH_NOARGS, "Release the buffer (idempotent)."},
+    {"settle", (PyCFunction)(void (*)(void))S_settle, METH_FASTCALL, "settle(ref, status, current_off)"},
+    {"take_batch", (PyCFunction)(void (*)(void))S_take_batch, METH_FASTCALL, "take_batch(queue, max, deque, current_off) -> (first, count)"},
+    {"token_give", (PyCFunction)(void (*)(void))S_token_give, METH_FASTCALL, "token_give(flags_off, flag, join_off) -> join before"},
+    {"token_take", (PyCFunction)(void (*)(void))S_token_take, METH_FASTCALL, "token_take(flags_off, flag, join_off)"},
     {"load32", (PyCFunction)(void (*)(void))S_load32, METH_FASTCALL, "load32(off, order=SEQ_CST)"},
     {"load64", (PyCFunction)(void (*)(void))S_load64, METH_FASTCALL, "load64(off, order=SEQ_CST)"},
     {"store32", (PyCFunction)(void (*)(void))S_store32, METH_FASTCALL, "store32(off, v, order=SEQ_CST)"},
@@ -2310,8 +2614,8 @@ static PyMethodDef Shared_methods[] = {
     {"futex_wake", (PyCFunction)(void (*)(void))S_futex_wake, METH_FASTCALL, "futex_wake(off, n=all) -> woken"},
     {"deque_init", (PyCFunction)(void (*)(void))S_deque_init, METH_FASTCALL, "deque_init(off, capacity)"},
     {"deque_push", (PyCFunction)(void (*)(void))S_deque_push, METH_FASTCALL, "deque_push(off, ref) -> bool (owner)"},
-    {"deque_pop", (PyCFunction)(void (*)(void))S_deque_pop, METH_FASTCALL, "deque_pop(off) -> ref or EMPTY (owner)"},
-    {"deque_steal", (PyCFunction)(void (*)(void))S_deque_steal, METH_FASTCALL, "deque_steal(off) -> ref, EMPTY or RETRY"},
+    {"deque_pop", (PyCFunction)(void (*)(void))S_deque_pop, METH_FASTCALL, "deque_pop(off, current_off=None) -> ref or EMPTY (owner)"},
+    {"deque_steal", (PyCFunction)(void (*)(void))S_deque_steal, METH_FASTCALL, "deque_steal(off, current_off=None) -> ref, EMPTY or RETRY"},
     {"deque_len", (PyCFunction)(void (*)(void))S_deque_len, METH_FASTCALL, "deque_len(off) -> approximate length"},
     {"queue_init", (PyCFunction)(void (*)(void))S_queue_init, METH_FASTCALL, "queue_init(off, capacity)"},
     {"queue_push", (PyCFunction)(void (*)(void))S_queue_push, METH_FASTCALL, "queue_push(off, v) -> bool"},
@@ -2331,7 +2635,7 @@ static PyMethodDef Shared_methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))S_spawn, METH_FASTCALL, "spawn(fid, args, parent, deque_off) -> ref, 0 or -1"},
     {"bump", (PyCFunction)(void (*)(void))S_bump, METH_FASTCALL, "bump(off, size, limit) -> old or -1"},
     {"free_task", (PyCFunction)(void (*)(void))S_free_task, METH_FASTCALL, "free_task(ref): recycle a record"},
-    {"pop_child", (PyCFunction)(void (*)(void))S_pop_child, METH_FASTCALL, "pop_child(deque_off, parent) -> ref or 0"},
+    {"pop_child", (PyCFunction)(void (*)(void))S_pop_child, METH_FASTCALL, "pop_child(deque_off, parent, current_off=None) -> ref or 0"},
     {"collect", (PyCFunction)(void (*)(void))S_collect, METH_FASTCALL, "collect(max, futures) -> (fast, slow)"},
     {"write_bytes", (PyCFunction)(void (*)(void))S_write_bytes, METH_FASTCALL, "write_bytes(off, data)"},
     {"read_bytes", (PyCFunction)(void (*)(void))S_read_bytes, METH_FASTCALL, "read_bytes(off, n) -> bytes"},
@@ -2340,6 +2644,8 @@ static PyMethodDef Shared_methods[] = {
 
 static PyGetSetDef Shared_getset[] = {
     {"nbytes", (getter)S_len, NULL, "size of the buffer in bytes (0 once released)", NULL},
+    {"address", (getter)S_address, NULL, "address of byte 0 in this process (0 once released)", NULL},
+    {"leases", (getter)S_leases, NULL, "live Lease objects on this buffer in this process", NULL},
     {NULL},
 };
 
@@ -2367,6 +2673,7 @@ static PyMethodDef module_methods[] = {
      "The result of a spawned child (its exception re-raised here); with no argument,\n"
      "wait for every child spawned so far by the running task."},
     {"set_fallbacks", (PyCFunction)M_set_fallbacks, METH_VARARGS, "set_fallbacks(spawn_slow, sync_slow)"},
+    {"buffer_info", (PyCFunction)M_buffer_info, METH_O, "buffer_info(obj) -> (address, nbytes, readonly, contiguous)"},
     {NULL},
 };
 
@@ -2379,7 +2686,8 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    if (PyType_Ready(&SharedType) < 0 || PyType_Ready(&HandleType) < 0 || PyType_Ready(&ForkCoreType) < 0)
+    if (PyType_Ready(&SharedType) < 0 || PyType_Ready(&HandleType) < 0 || PyType_Ready(&ForkCoreType) < 0
+        || PyType_Ready(&LeaseType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
@@ -2389,6 +2697,9 @@ PyInit__core(void)
         return NULL;
     Py_INCREF(&HandleType);
     if (PyModule_AddObject(m, "Handle", (PyObject *)&HandleType) < 0)
+        return NULL;
+    Py_INCREF(&LeaseType);
+    if (PyModule_AddObject(m, "Lease", (PyObject *)&LeaseType) < 0)
         return NULL;
     Py_INCREF(&ForkCoreType);
     if (PyModule_AddObject(m, "ForkCore", (PyObject *)&ForkCoreType) < 0)

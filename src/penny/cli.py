@@ -1,12 +1,17 @@
 """The ``penny`` command (also ``python -m penny``).
 
-    penny demo [--workers N] [--limit N] [--start-method M]
-        the quick start, then a CPU-bound job (counting primes in ranges,
-        tasks of ~10 ms) timed serially and on a Scheduler, with the speedup
-    penny bench [--quick] [--json PATH] [--only a,b,...]
-        the repository's benchmark suites: benchmarks/core.py (throughput,
-        map, wake latency, record round trip, startup), then
-        benchmarks/forkjoin.py (fib, nqueens, UTS, spawn/sync, Ray, Dask)
+    penny demo [--workers N] [--limit N] [--start-method M] [--trace PATH]
+        the quick start; a CPU-bound job (counting primes in ranges, tasks of
+        ~10 ms), a nested fork-join fib and a NumPy kernel over shared arrays,
+        each timed serially and on a Scheduler, with the speedup
+    penny bench [--quick] [--only KEYS] [--compare PEERS] [--json PATH]
+                [--markdown PATH] [--plot PATH]
+        the repository's benchmarks (benchmarks/core.py, forkjoin.py,
+        peers.py), each next to its peer in the same run, then one table of
+        Penny-vs-peer ratios; peers: processpool, pool, joblib, ray, dask
+    penny trace TRACE.json [--png PATH]
+        summarise a Chrome trace written by Scheduler(trace=...) or
+        ``with s.trace(path):``, and draw its per-worker timeline
     penny info
         version, Python, default start method, CPUs, native core, optional packages
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -69,7 +75,51 @@ def count_primes(lo: int, hi: int) -> int:
     return n
 
 
+def wave_kernel(x, out, lo: int, hi: int, terms: int) -> int:
+    """out[lo:hi] = sum over k of sin(k x) / k: a NumPy kernel writing into a shared array."""
+    import numpy as np
+
+    xs = x[lo:hi]
+    acc = np.zeros_like(xs)
+    for k in range(1, terms + 1):
+        acc += np.sin(k * xs) / k
+    out[lo:hi] = acc
+    return hi - lo
+
+
 # ---- demo ---------------------------------------------------------------------------
+def _demo_kernel(s, workers: int, n: int = 2_000_000, terms: int = 12, chunks: int = 16) -> int:
+    """Part 4 of the demo: the same kernel serially and on the workers, over shared arrays."""
+    print(f"\nShared-array kernel: out[i] = sum(sin(k x[i]) / k, k = 1..{terms}) over {n:,} float64s "
+          f"in {chunks} tasks")
+    if not hasattr(s, "shared_array"):
+        print("  skipped: this version of Penny has no Scheduler.shared_array yet")
+        return 0
+    try:
+        import numpy as np
+    except ImportError:
+        print("  skipped: the kernel needs NumPy (pip install numpy)")
+        return 0
+    x = s.shared_array((n,), "f8")
+    x[:] = np.linspace(0.0, 100.0, n)
+    out = s.shared_array((n,), "f8", fill=0.0)
+    want = np.empty(n)
+    t0 = time.perf_counter()
+    wave_kernel(x, want, 0, n, terms)
+    t_serial = time.perf_counter() - t0
+    bounds = [(i * n // chunks, (i + 1) * n // chunks) for i in range(chunks)]
+    s.submit(wave_kernel, x, out, 0, 1, 1).result()  # workers import NumPy before the clock starts
+    t0 = time.perf_counter()
+    done = sum(f.result() for f in [s.submit(wave_kernel, x, out, lo, hi, terms) for lo, hi in bounds])
+    t_par = time.perf_counter() - t0
+    if done != n or not np.allclose(out, want):
+        print("penny demo: the shared-array kernel's results differ from the serial ones", file=sys.stderr)
+        return 1
+    print(f"  serial (NumPy, this process): {t_serial:.3f} s; Scheduler({workers}), arrays shared, "
+          f"not copied: {t_par:.3f} s; speedup {t_serial / t_par:.2f}x")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import penny
 
@@ -91,6 +141,8 @@ def cmd_demo(args) -> int:
         if first != 42 or f.result() != 3:
             print("penny demo: wrong result from the quick start", file=sys.stderr)
             return 1
+
+        recorder = s.trace().start() if args.trace else None
 
         print(f"\nCPU-bound job: count primes below {limit:,} in {len(ranges)} ranges of {step:,}")
         t0 = time.perf_counter()
@@ -136,6 +188,16 @@ def cmd_demo(args) -> int:
         print(f"  spawns {after['spawns'] - before['spawns']:,}, of which published for thieves "
               f"{after['published'] - before['published']:,}; steals {after['steals'] - before['steals']}; "
               f"suspended syncs {after['suspends'] - before['suspends']}")
+
+        rc = _demo_kernel(s, workers)
+        if rc:
+            return rc
+        if recorder is not None:
+            recorder.stop()
+            recorder.save(args.trace)
+            print(f"\nTrace of the jobs above: {args.trace} ({recorder.dropped} events dropped); open it in "
+                  f"https://ui.perfetto.dev or chrome://tracing, or draw it: penny trace {args.trace} "
+                  f"--png timeline.png")
     return 0
 
 
@@ -156,12 +218,12 @@ def find_benchmarks() -> Path | None:
     return None
 
 
-def load_bench_module(bench_dir: Path):
-    """Import benchmarks/core.py (under a private name: 'core' is too common)."""
-    name = "penny_benchmarks_core"
+def load_bench_module(bench_dir: Path, stem: str = "core"):
+    """Import benchmarks/<stem>.py under a private name ('core' is too common)."""
+    name = f"penny_benchmarks_{stem}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, bench_dir / "core.py")
+    spec = importlib.util.spec_from_file_location(name, bench_dir / f"{stem}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -172,6 +234,26 @@ def load_bench_module(bench_dir: Path):
     return module
 
 
+#: Benchmarks `penny bench` runs, in order, with the peer each one measures Penny against.
+CORE_KEYS = ("a", "b", "c", "d", "e", "f")
+BENCH_PEER = {"a": "processpool", "b": "processpool", "c": "pool", "d": "processpool", "e": None,
+              "f": "processpool", "fj": None, "joblib": "joblib", "ray": "ray", "dask": "dask"}
+BENCH_KEYS = tuple(BENCH_PEER)
+PEER_NAMES = ("processpool", "pool", "joblib", "ray", "dask")
+PEER_MODULE = {"processpool": "concurrent.futures", "pool": "multiprocessing", "joblib": "joblib",
+               "ray": "ray", "dask": "distributed"}
+
+
+def _split_keys(text: str | None, allowed, what: str):
+    if not text:
+        return None
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in keys if k not in allowed]
+    if bad:
+        raise SystemExit(f"penny bench: unknown {what} {', '.join(bad)}; choose from {','.join(allowed)}")
+    return set(keys)
+
+
 def cmd_bench(args) -> int:
     bench_dir = find_benchmarks()
     if bench_dir is None:
@@ -179,26 +261,196 @@ def cmd_bench(args) -> int:
               "repository). Run it from a checkout (python benchmarks/core.py, or penny bench from the "
               "repository root), or set PENNY_BENCHMARKS=/path/to/benchmarks.", file=sys.stderr)
         return 2
-    core = load_bench_module(bench_dir)
-    argv = []
-    if args.quick:
-        argv.append("--quick")
-    if args.json:
-        argv += ["--json", args.json]
-    if args.only:
-        argv += ["--only", args.only]
-    rc = core.main(argv)
-    if rc or args.only:
-        return rc
-    # Then the nested fork-join suite (fib, nqueens, UTS, spawn/sync, Ray and Dask).
-    import subprocess
+    only = _split_keys(args.only, BENCH_KEYS, "benchmark") or set(BENCH_KEYS)
+    compare = _split_keys(args.compare, PEER_NAMES, "peer") or set(PEER_NAMES)
+    skipped = {}
+    for peer in sorted(compare):
+        if importlib.util.find_spec(PEER_MODULE[peer]) is None:
+            skipped[peer] = f"not installed (pip install {'dask[distributed]' if peer == 'dask' else peer})"
+    run = [k for k in BENCH_KEYS if k in only and (BENCH_PEER[k] is None or
+                                                    (BENCH_PEER[k] in compare and BENCH_PEER[k] not in skipped))]
+    t_start = time.perf_counter()
+    core = load_bench_module(bench_dir, "core")
+    payload = {"meta": core._meta(), "quick": bool(args.quick), "ran": run, "skipped_peers": skipped,
+               "core": None, "forkjoin": None, "peers": {}, "summary": []}
+    payload["meta"]["command"] = "penny bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    summary = payload["summary"]
 
-    cmd = [sys.executable, str(bench_dir / "forkjoin.py")] + (["--quick"] if args.quick else [])
+    core_keys = [k for k in CORE_KEYS if k in run]
+    if core_keys:
+        res = core.run_suite(quick=args.quick, only=set(core_keys))
+        payload["core"] = res
+        for key, r in res["results"].items():
+            for row in r["rows"]:
+                if row.get("peer") is not None and row.get("ratio"):
+                    summary.append(_summary_row(key, r["title"], row, BENCH_PEER[key],
+                                                f"{key}. {core.BENCHES[key][0]}: {row['metric'].strip()}"))
+    if "fj" in run:
+        print()
+        fj = load_bench_module(bench_dir, "forkjoin")
+        res = fj.run(args.quick, 2, None, out=print, peers=())
+        payload["forkjoin"] = res
+        for row in res["rows"]:
+            summary.append({"bench": "fj", "title": "nested fork-join vs the same recursion in plain Python",
+                            "metric": row["workload"], "label": f"fork-join {row['workload']}", "unit": "s",
+                            "peer_group": "serial",
+                            "peer_name": "serial Python, 1 process", "penny": row["penny_s"],
+                            "peer": row["serial_s"], "ratio": row["speedup"], "higher_is_better": False})
+    extra = [k for k in ("joblib", "ray", "dask") if k in run]
+    if extra:
+        peers = load_bench_module(bench_dir, "peers")
+        for peer in extra:
+            print(f"\n{peer}: running in its own process next to Penny ...", flush=True)
+            res = payload["peers"][peer] = peers.run_isolated(peer, args.quick, 2)
+            if "rows" not in res:
+                print(f"  {peer}: {res.get('error') or res.get('skipped')}")
+                if "skipped" in res:
+                    skipped[peer] = res["skipped"]
+                continue
+            core.print_table(res["title"], res["rows"], res.get("notes", ()))
+            for row in res["rows"]:
+                if row.get("ratio"):
+                    summary.append(_summary_row(peer, res["title"], row, peer, row["metric"]))
+    payload["seconds"] = time.perf_counter() - t_start
+    lines = _summary_lines(summary, core._fmt)
+    print("\n== Penny vs peers, measured side by side in this run (Penny advantage: >1 means Penny is "
+          "better) ==")
+    for ln in lines:
+        print("  " + ln)
+    for peer, why in sorted(skipped.items()):
+        print(f"  skipped {peer}: {why}")
+    not_selected = [p for p in PEER_NAMES if p not in compare]
+    if not_selected:
+        print(f"  not compared (--compare): {', '.join(not_selected)}")
+    print(f"penny bench: done in {payload['seconds']:.0f} s")
     if args.json:
-        base, ext = os.path.splitext(args.json)
-        cmd += ["--json", f"{base}-forkjoin{ext or '.json'}"]
-    print()
-    return subprocess.call(cmd)
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=1, default=str)
+        print(f"results: {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(_summary_markdown(payload, core._fmt))
+        print(f"markdown: {args.markdown}")
+    if args.plot:
+        try:
+            plot_bench(summary, args.plot, quick=bool(args.quick))
+            print(f"plot: {args.plot}")
+        except ImportError as e:
+            print(f"penny bench: no plot ({e}); pip install matplotlib", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _summary_row(key, title, row, peer_group, label) -> dict:
+    return {"bench": key, "title": title, "metric": row["metric"], "label": " ".join(label.split()),
+            "unit": row["unit"], "peer_group": peer_group,
+            "peer_name": row["peer_name"], "penny": row["penny"], "peer": row["peer"], "ratio": row["ratio"],
+            "higher_is_better": row["higher_is_better"]}
+
+
+def _summary_cells(summary, fmt):
+    cells = []
+    for r in summary:
+        cells.append((r["label"], r["peer_name"], fmt(r["penny"], r["unit"]), fmt(r["peer"], r["unit"]),
+                      f"{r['ratio']:.2f}x"))
+    return cells
+
+
+def _summary_lines(summary, fmt) -> list:
+    if not summary:
+        return ["(no peer comparison in this selection)"]
+    head = ("benchmark", "peer", "Penny", "peer", "Penny advantage")
+    cells = [head] + _summary_cells(summary, fmt)
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(c, widths)).rstrip() for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _summary_markdown(payload, fmt) -> str:
+    meta = payload["meta"]
+    out = [f"# Penny benchmarks ({'quick' if payload['quick'] else 'full'} run)", "",
+           f"Penny {meta.get('penny')} ({meta.get('commit')}), Python {meta.get('python')}, "
+           f"{meta.get('cpu_count')} CPUs, {meta.get('time')}; {payload['seconds']:.0f} s. "
+           "Every ratio compares numbers measured side by side in this run; "
+           "Penny advantage > 1 means Penny is better (faster, more throughput, lower latency).", "",
+           "| benchmark | peer | Penny | peer | Penny advantage |", "|---|---|---|---|---|"]
+    for c in _summary_cells(payload["summary"], fmt):
+        out.append("| " + " | ".join(x.replace("|", "\\|") for x in c) + " |")
+    if not payload["summary"]:
+        out.append("| (no peer comparison in this selection) | | | | |")
+    if payload["skipped_peers"]:
+        out += ["", "Skipped: " + "; ".join(f"{p}: {w}" for p, w in sorted(payload["skipped_peers"].items()))]
+    return "\n".join(out) + "\n"
+
+
+def plot_bench(summary: list, path, quick: bool = False) -> str:
+    """A horizontal bar per comparison: Penny's advantage (log scale, 1x marked)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in summary if r.get("ratio")]
+    groups = ["processpool", "pool", "serial", "joblib", "ray", "dask"]
+    colours = dict(zip(groups, ("#4c72b0", "#55a868", "#8172b2", "#c44e52", "#dd8452", "#937860")))
+    fig = Figure(figsize=(10, max(2.5, 0.38 * len(rows) + 1.4)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    labels = []
+    for i, r in enumerate(rows):
+        ax.barh(i, r["ratio"], color=colours.get(r["peer_group"], "#777777"))
+        ax.text(r["ratio"], i, f" {r['ratio']:.2f}x", va="center", fontsize=7)
+        name = r["label"] if len(r["label"]) <= 56 else r["label"][:53] + "..."
+        labels.append(f"{name}  [{r['peer_group']}]")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    if rows:
+        ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("Penny's advantage over the peer (x, log scale; > 1: Penny better)")
+    ax.set_title(f"penny bench{' --quick' if quick else ''}: each ratio measured side by side in one run")
+    ax.grid(axis="x", alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    return os.fspath(path)
+
+
+# ---- trace --------------------------------------------------------------------------
+def cmd_trace(args) -> int:
+    from . import trace as tr
+
+    try:
+        data = tr.load(args.file)
+    except (OSError, ValueError) as e:
+        print(f"penny trace: cannot read {args.file}: {e}", file=sys.stderr)
+        return 2
+    summ = tr.summarize(data)
+    meta = summ["meta"]
+    dur = meta.get("duration_ns")
+    print(f"{args.file}: {len(data['traceEvents']):,} events"
+          + (f", {dur / 1e6:.1f} ms recorded" if dur else "")
+          + (f", {meta['workers']} workers ({meta.get('start_method')})" if "workers" in meta else "")
+          + (f", {meta['dropped_events']} events dropped" if meta.get("dropped_events") else ""))
+    head = ("worker", "tasks", "busy ms", "idle ms", "parked ms", "steals", "spawns")
+    cells = [head] + [(w["name"], f"{w['tasks']:,}", f"{w['busy_ms']:.1f}", f"{w['idle_ms']:.1f}",
+                       f"{w['parked_ms']:.1f}", f"{w['steals']:,}", f"{w['spawns']:,}")
+                      for w in summ["workers"].values()]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for c in cells:
+        print("  " + "  ".join(x.rjust(wd) if i else x.ljust(wd) for i, (x, wd) in enumerate(zip(c, widths))))
+    funcs = sorted(summ["functions"].items(), key=lambda kv: -kv[1]["ms"])[:10]
+    if funcs:
+        print("  time by function (task segments, inline children included in their parents):")
+        for name, f in funcs:
+            print(f"    {f['ms']:10.1f} ms  {f['segments']:8,} segments  {name}")
+    if args.png:
+        try:
+            tr.plot_timeline(data, args.png, title=args.title)
+        except Exception as e:  # noqa: BLE001 - e.g. matplotlib missing
+            print(f"penny trace: no picture: {e}", file=sys.stderr)
+            return 1
+        print(f"timeline: {args.png}")
+    return 0
 
 
 # ---- info ---------------------------------------------------------------------------
@@ -244,7 +496,15 @@ def cmd_info(args) -> int:
         ("cpu count", f"{os.cpu_count()}" + (f" ({affinity} usable by this process)" if affinity else "")),
         ("native core penny._core", core),
     ]
-    rows += [(name, _optional(name)) for name in ("numpy", "greenlet", "ray", "dask")]
+    rows += [(name, _optional(name)) for name in
+             ("greenlet", "numpy", "tqdm", "rich", "matplotlib", "joblib", "ray", "dask", "distributed")]
+    try:
+        from penny import config, progress
+
+        rows.append(("progress bars", f"{progress.backend_name()} (progress=True; PENNY_PROGRESS=tqdm|rich|text)"))
+        rows.append(("trace rings", f"{config.TRACE_EVENTS:,} events per worker (Scheduler(trace_buffer=N))"))
+    except Exception as e:  # noqa: BLE001
+        rows.append(("progress bars", f"unavailable: {e}"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
@@ -254,20 +514,34 @@ def cmd_info(args) -> int:
 # ---- entry point --------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="penny", description="Penny: a work-stealing parallel runtime for Python.")
-    sub = ap.add_subparsers(dest="command", metavar="{demo,bench,info}")
+    sub = ap.add_subparsers(dest="command", metavar="{demo,bench,trace,info}")
 
-    demo = sub.add_parser("demo", help="quick start and a timed CPU-bound parallel job")
+    demo = sub.add_parser("demo", help="quick start, then timed parallel jobs (primes, nested fib, shared arrays)")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     demo.add_argument("--limit", type=int, default=500_000, help="count primes below this (default 500,000)")
     demo.add_argument("--step", type=int, default=5_000, help="numbers per task (default 5,000: ~10 ms)")
     demo.add_argument("--start-method", choices=("forkserver", "spawn", "fork"), default=None)
+    demo.add_argument("--trace", metavar="PATH", help="record the timed jobs as a Chrome trace in PATH")
     demo.set_defaults(func=cmd_demo)
 
-    bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/core.py)")
-    bench.add_argument("--quick", action="store_true", help="fewer repetitions (well under 2 minutes)")
-    bench.add_argument("--json", metavar="PATH", help="also write the results to PATH")
-    bench.add_argument("--only", metavar="KEYS", help="comma-separated subset of a,b,c,d,e,f")
+    bench = sub.add_parser("bench", help="run the benchmarks, each next to its peer, and a table of ratios")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions and smaller peer runs (under 2 minutes)")
+    bench.add_argument("--only", metavar="KEYS",
+                       help="comma-separated subset of a,b,c,d,e,f (benchmarks/core.py), fj (forkjoin.py), "
+                            "joblib,ray,dask (peers.py)")
+    bench.add_argument("--compare", metavar="PEERS",
+                       help="peers to compare with, comma-separated (default all installed): "
+                            "processpool,pool,joblib,ray,dask")
+    bench.add_argument("--json", metavar="PATH", help="write every result to PATH")
+    bench.add_argument("--markdown", metavar="PATH", help="write the Penny-vs-peers table to PATH")
+    bench.add_argument("--plot", metavar="PATH", help="draw the Penny-vs-peers ratios into PATH (needs matplotlib)")
     bench.set_defaults(func=cmd_bench)
+
+    trace = sub.add_parser("trace", help="summarise a Chrome trace of a scheduler and draw its timeline")
+    trace.add_argument("file", help="a trace written by Scheduler(trace=PATH) or `with s.trace(PATH):`")
+    trace.add_argument("--png", metavar="PATH", help="draw the per-worker timeline into PATH (needs matplotlib)")
+    trace.add_argument("--title", help="title of the picture")
+    trace.set_defaults(func=cmd_trace)
 
     info = sub.add_parser("info", help="versions, CPUs, start method, native core, optional packages")
     info.set_defaults(func=cmd_info)

@@ -14,9 +14,27 @@ DEQUE_CAPACITY = 1024
 #: completion queue have as many slots, so neither can ever be full.
 TASK_CAPACITY = 1 << 16
 
-#: Bytes of the data arena (pickled arguments and results that do not fit
-#: inline).  The region is a sparse memfd: untouched pages cost nothing.
-ARENA_SIZE = 256 << 20
+#: Bytes of the small-block arena (pickled arguments and results that do not
+#: fit inline, blocks up to LARGE_BLOCK).  The region is a sparse memfd:
+#: untouched pages cost nothing.  When it is full, requests go to the large area.
+ARENA_SIZE = 64 << 20
+
+#: Blocks larger than this (header included) are page extents in the large
+#: area: shared arrays and big pickles.  Smaller ones use power-of-two classes.
+LARGE_BLOCK = 256 << 10
+
+
+def default_arena_max() -> int:
+    """Address space reserved for large blocks: the machine's physical memory.
+    Reserving costs no memory (the region is a sparse memfd); each extent is
+    committed when it is allocated and returned to the system when freed."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        total = 16 << 30
+    return max(1 << 26, total) // 4096 * 4096
 
 #: Entries of the shared directory of functions registered by name.
 FUNCTION_SLOTS = 4096
@@ -37,7 +55,7 @@ PARK_TIMEOUT = 0.25
 INJECTOR_BATCH = 32
 
 #: Counters are copied from a worker's locals into shared memory every this
-#: many tasks (and whenever the worker goes idle).
+#: many tasks (and whenever the worker goes idle, and before it parks).
 STATS_FLUSH_EVERY = 256
 
 #: Seconds a shutdown waits for a worker to exit before terminating it.
@@ -53,3 +71,18 @@ MAX_INLINE_DEPTH = 50
 #: chunk's fixed cost (~20 us) is noise next to its items, small enough that
 #: the chunks in flight never hold much of a huge input.
 MAP_MAX_CHUNK = 8192
+
+#: Records in each worker's trace ring (32 bytes each: 1 MiB per worker).
+#: Always reserved, so ``with s.trace():`` works on any scheduler; the region
+#: is a sparse memfd, so the pages cost nothing until tracing writes them.
+#: A recorder drains the rings every TRACE_POLL seconds; at ~3 events per
+#: empty task and ~150k tasks/s per worker that is about 70 ms of headroom.
+TRACE_EVENTS = 1 << 15
+
+#: Seconds between two drains of the trace rings by a recorder's thread in
+#: the main process (it copies raw bytes; parsing waits for the export).
+TRACE_POLL = 0.02
+
+#: Seconds between two updates of a parallel_for progress bar (the main
+#: thread reads one shared counter each time; workers never wait for it).
+PROGRESS_POLL = 0.1

@@ -42,7 +42,8 @@ from greenlet import getcurrent
 
 from . import _core, config, marshal
 from .errors import PennyError
-from .layout import H_IDLE, R_FLAGS, R_JOIN, RECORD_SIZE, S_DONE, S_FAILED
+from .layout import F_SUSPENDED, H_IDLE, R_FLAGS, R_JOIN, R_OWNER, RECORD_SIZE, S_DONE, S_FAILED, S_RUNNING
+from .trace import PUBLISH, RESUME, SUSPEND
 
 #: A child spawned by the running task (implemented in C: _core.Handle).
 Handle = _core.Handle
@@ -102,6 +103,8 @@ class ForkJoin(_core.ForkCore):
         h.state = _PUBLISHED
         h.ref = ref
         h.fn = h.args = h.kwargs = None
+        if w.tracing:
+            w.trace.emit(PUBLISH, h.fid, ref)
         pub = self.published.get(h.parent)
         if pub is None:
             self.published[h.parent] = {h}
@@ -145,7 +148,7 @@ class ForkJoin(_core.ForkCore):
                 return
             if self.depth >= self.max_depth:
                 break
-            ref = self.s.pop_child(w.own, parent)
+            ref = self.s.pop_child(w.own, parent, w.current)
             if not ref:
                 break
             self.run_inline(ref)
@@ -162,7 +165,7 @@ class ForkJoin(_core.ForkCore):
         while load32(join, _core.ACQUIRE) > 1:
             if not help or self.depth >= self.max_depth:
                 break
-            ref = self.s.pop_child(w.own, parent)
+            ref = self.s.pop_child(w.own, parent, w.current)
             if not ref:
                 break
             self.run_inline(ref)
@@ -172,7 +175,10 @@ class ForkJoin(_core.ForkCore):
     def run_inline(self, ref: int) -> None:
         self.depth += 1
         try:
-            self.w.run_task(ref)
+            if self.w.tracing:
+                self.w.run_traced(ref)
+            else:
+                self.w.run_task(ref)
         finally:
             self.depth -= 1
 
@@ -242,16 +248,21 @@ class ForkJoin(_core.ForkCore):
         self.suspended[parent] = getcurrent()
         saved = (self.task, self.depth)
         self.w.counts["suspends"] += 1
-        # Give up our token (AcqRel: pairs with the children's decrements).
-        if s.fetch_add32(join, 0xFFFF_FFFF, _core.ACQ_REL) == 1:
+        # Mark the task suspended and give up its token (AcqRel: pairs with the
+        # children's decrements); the mark tells a supervisor that finds this
+        # worker dead that the token is gone (supervisor.py).
+        flags = join - R_JOIN + R_FLAGS
+        if s.token_give(flags, F_SUSPENDED, join) == 1:
             # Every child finished in the meantime: no one will post us.
             del self.suspended[parent]
-            s.store32(join, 1, _core.RELAXED)
+            s.token_take(flags, F_SUSPENDED, join)
             self.swap_private(kept)
             return
         self.task = 0
         self.depth = 0
         self.swap_private([])
+        if self.w.tracing:
+            self.w.trace.emit(SUSPEND, 0, parent)
         if self.pool:
             self.pool.pop().switch()
         else:
@@ -261,15 +272,33 @@ class ForkJoin(_core.ForkCore):
         # Resumed by our own loop: all children are done, the count is 0.
         self.task, self.depth = saved
         self.swap_private(kept)
-        # Relaxed: no child of ours is outstanding, nobody else writes it now.
-        s.store32(join, 1, _core.RELAXED)
+        s.token_take(flags, F_SUSPENDED, join)  # token back, mark cleared
+
+    def reap_orphan(self, ref: int) -> None:
+        """A ref in our inbox that no fiber of ours waits for: a continuation of
+        the worker this one replaced, whose last child has just finished.  Its
+        frame died with that worker: fail it (supervisor.reap).  A stale ref
+        (the record was reaped and recycled meanwhile) is ignored."""
+        from .supervisor import reap
+
+        w = self.w
+        rec = w.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        s = self.s
+        if (w.tasks.status(ref) == S_RUNNING and s.load32(rec + R_OWNER, _core.RELAXED) == w.wid
+                and s.load32(rec + R_JOIN, _core.ACQUIRE) == 0):
+            reap(s, w.lay, w.tasks, w.arena, ref,
+                 f"penny: the worker running this task (worker {w.wid}) died while it was suspended in "
+                 "sync (its Python frame is lost)")
 
     def resume(self, ref: int) -> None:
         """Switch to the fiber suspended on `ref` (from a loop fiber)."""
         g = self.suspended.pop(ref, None)
         if g is None:
-            raise RuntimeError(f"penny: resume of task {ref:#x}, which is not suspended here")
+            self.reap_orphan(ref)
+            return
         self.w.counts["resumes"] += 1
+        if self.w.tracing:
+            self.w.trace.emit(RESUME, 0, ref)
         self.pool.append(getcurrent())
         g.switch()
         # Back here when some task suspends and picks this fiber from the pool.
@@ -352,9 +381,12 @@ def _split(x):
     return x, ()
 
 
-def parallel_for(start: int, stop: int, body, grain: int | None = None) -> None:
+def parallel_for(start: int, stop: int, body, grain: int | None = None, progress=None) -> None:
     """Call ``body(lo, hi)`` over [start, stop) split in halves recursively down to
-    `grain` items, the halves run in parallel.  Inside or outside tasks."""
+    `grain` items, the halves run in parallel.  Inside or outside tasks.
+
+    `progress` (outside tasks only): True, a description string or a tqdm-like
+    object shows a progress bar of the items done (progress.py)."""
     if not (isinstance(start, int) and isinstance(stop, int)):
         raise TypeError("penny.parallel_for: start and stop must be ints")
     if stop <= start:
@@ -369,9 +401,16 @@ def parallel_for(start: int, stop: int, body, grain: int | None = None) -> None:
     if not isinstance(grain, int) or grain < 1:
         raise ValueError(f"penny.parallel_for: grain must be a positive int, got {grain!r}")
     if inside:
+        if progress:
+            raise PennyError("penny.parallel_for: progress= works outside tasks only "
+                             "(the main process draws the bar)")
         return _pfor(body, start, stop, grain)
     from .scheduler import current_scheduler
 
+    if progress:
+        from .progress import run_parallel_for
+
+        return run_parallel_for(current_scheduler(), start, stop, body, grain, progress)
     return current_scheduler().submit(_pfor, body, start, stop, grain).result()
 
 
@@ -383,6 +422,22 @@ def _pfor(body, lo: int, hi: int, grain: int) -> None:
         handles.append(spawn(_pfor, body, mid, hi, grain))
         hi = mid
     body(lo, hi)
+    for h in reversed(handles):
+        sync(h)
+    return None
+
+
+def _pfor_counted(body, lo: int, hi: int, grain: int, counter: int) -> None:
+    """`_pfor` that adds the items of each leaf to the shared word at offset
+    `counter` (a progress slot, layout.H_PROGRESS), which the main process polls."""
+    handles = []
+    while hi - lo > grain:
+        mid = (lo + hi) // 2
+        handles.append(spawn(_pfor_counted, body, mid, hi, grain, counter))
+        hi = mid
+    body(lo, hi)
+    # Relaxed: a progress hint; the bar is completed by the result anyway.
+    _fork.s.fetch_add64(counter, hi - lo, _core.RELAXED)
     for h in reversed(handles):
         sync(h)
     return None

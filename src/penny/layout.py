@@ -18,8 +18,14 @@ The region is one memfd mapping shared by the main process and its workers::
     | task table: TASK_CAPACITY records of RECORD_SIZE bytes       |
     +--------------------------------------------------------------+  functions
     | function directory: FUNCTION_SLOTS x "module:qualname"       |
+    +--------------------------------------------------------------+  traces
+    | trace rings, one per worker: head (own line) | records of    |
+    | TRACE_RECORD bytes [trace_events] (trace.py; 0 = none)       |
     +--------------------------------------------------------------+  arena
     | data arena: power-of-two blocks (pickled args and results)   |
+    +--------------------------------------------------------------+  large
+    | large blocks: page extents (shared arrays, big pickles);     |
+    | reserved address space, memory committed per extent         |
     +--------------------------------------------------------------+  size
 
 Every hot word sits on its own 64-byte cache line.  The C core knows the
@@ -35,7 +41,7 @@ from functools import cached_property
 from . import _core
 
 MAGIC = 0x59_4E_4E_45_50_0A_0D_01  # b"\x01\r\n\nPENNY" little-endian-ish; fixed
-VERSION = 1
+VERSION = 3
 LINE = 64
 
 # ---- header fields (byte offsets from 0) ----
@@ -48,7 +54,13 @@ H_DEQUE = 28           # u32 deque capacity
 H_ARENA = 32           # u64 arena size
 H_MAIN_PID = 40        # u32 pid of the process that owns the scheduler
 H_FUNCTIONS = 44       # u32 function slots
+H_LARGE = 48           # u64 bytes reserved for large blocks (address space, not memory)
 H_SHUTDOWN = 1 * LINE  # u32: 1 once the scheduler is stopping
+# The shutdown line holds other rarely written words (workers read them only
+# when they flush their counters or go idle, never per task):
+H_TRACE = 1 * LINE + 4  # u32: active trace recorders; workers trace while it is non-zero
+H_PROGRESS = 1 * LINE + 8  # u64[PROGRESS_SLOTS]: items done, one counter per parallel_for(progress=)
+PROGRESS_SLOTS = 7
 H_SLEEPERS = 2 * LINE  # u32: workers announced as sleepers
 H_COLLECTOR = 3 * LINE          # u32: the collector's parking word (its state)
 H_COLLECTOR_SLEEPERS = 3 * LINE + 4  # u32: 1 while the collector is a sleeper
@@ -59,8 +71,16 @@ H_ARENA_BUMP = 6 * LINE  # u64: bytes of the arena carved so far
 H_ARENA_FREE = 7 * LINE  # u64[ARENA_CLASSES]: tagged heads of block free lists
 ARENA_MIN_SHIFT = 6     # smallest block: 64 bytes
 ARENA_CLASSES = 48      # classes 2**6 .. 2**53: room for any arena size
-HEADER_SIZE = H_ARENA_FREE + 8 * ARENA_CLASSES
-HEADER_SIZE = (HEADER_SIZE + LINE - 1) // LINE * LINE
+_ARENA_END = (H_ARENA_FREE + 8 * ARENA_CLASSES + LINE - 1) // LINE * LINE
+# The large-block area (extents of whole pages, see arena.py): a lock, its
+# state, and a lock-free stack of extents released while the lock was busy.
+H_LARGE_LOCK = _ARENA_END       # u32: pid of the process holding the lock, 0 when free
+H_LARGE_TOP = _ARENA_END + 8    # u64: bytes of the large area carved so far
+H_LARGE_LAST = _ARENA_END + 16  # u64: size of the extent that ends at the top (0: none)
+H_LARGE_FREE = _ARENA_END + 24  # u64: region offset of the first free extent (0: none)
+H_LARGE_USED = _ARENA_END + 32  # u64: bytes in allocated extents
+H_LARGE_DEFERRED = _ARENA_END + LINE  # u64: tagged head of extents waiting to be freed
+HEADER_SIZE = _ARENA_END + 2 * LINE
 
 # ---- worker slice fields (byte offsets from the slice) ----
 W_STATE = 0            # u32 parking word: AWAKE/SLEEPY/SLEEPING/NOTIFIED (futex)
@@ -81,6 +101,7 @@ STAT_NAMES = (
     "published",       # of those, children given a record (others ran as plain calls)
     "suspends",        # tasks suspended in sync (their fiber parked)
     "resumes",         # suspended tasks resumed
+    "idle_ns",         # nanoseconds spent looking for work, spinning or parked
 )
 W_DEQUE = W_STATS + (8 * len(STAT_NAMES) + LINE - 1) // LINE * LINE
 # ^ Chase-Lev deque (header + ring); the worker's inbox ring follows it
@@ -115,19 +136,40 @@ STATUS_NAMES = {S_FREE: "free", S_QUEUED: "queued", S_RUNNING: "running", S_DONE
 F_ARGS_BLOB = 1        # arguments are pickled in the arena (else inline)
 F_RESULT_BLOB = 2      # the result is pickled in the arena (else inline)
 F_ARGS_CONSUMED = 4    # the worker released the arguments: a crash now cannot be retried
+F_SUSPENDED = 8        # the task gave up its join token (suspended in sync; see fibers.py)
 
 # ---- arena block header ----
+# Every block, small or large, ends its header with the same 16 bytes just
+# before its data: magic, size class and a reference count.
 B_MAGIC = 0            # u32
-B_CLASS = 4            # u32 size class (log2 of the block size)
-B_LINK = 8             # u64 free-list link while the block is free
+B_CLASS = 4            # u32 size class (log2 of the block size), LARGE_CLASS for an extent
+B_LINK = 8             # u64 free-list link while the block is free ...
+B_REFS = 8             # u64 ... and its reference count while it is allocated
 BLOCK_HEADER = 16
 BLOCK_MAGIC = 0xB10C_0DE5
+LARGE_CLASS = 0xFF
+
+# ---- large extent header (64 bytes at the start of a page-aligned extent) ----
+X_SIZE = 0             # u64 bytes of the extent, header included (a multiple of PAGE)
+X_PREV = 8             # u64 size of the extent just below (0 for the first)
+X_NEXT_FREE = 16       # u64 free list / deferred stack link
+X_PREV_FREE = 24       # u64 free list back link
+X_STATE = 32           # u32 X_ALLOCATED or X_FREE
+X_ALLOCATED = 1
+X_FREE = 2
+X_HEADER = 64          # the block header (B_*) occupies its last 16 bytes
+PAGE = 4096
 
 # ---- function directory entry ----
 FN_ENTRY = 256         # bytes per entry
 FN_LEN = 0             # u32 name length; 0 until the name is published (release)
 FN_NAME = 8            # UTF-8 "module:qualname"
 FN_NAME_MAX = FN_ENTRY - FN_NAME
+
+# ---- trace ring (one per worker; written by its owner only, read by the main process) ----
+T_HEAD = 0             # u64 events written so far (record i is at slot i % trace_events); release store
+T_RECORDS = LINE       # the records, each TRACE_RECORD bytes (trace.py: RECORD)
+TRACE_RECORD = 32      # u64 time (CLOCK_MONOTONIC ns), u32 kind, u32 a, u64 b, u64 c
 
 
 def _align(n: int, a: int = LINE) -> int:
@@ -143,6 +185,8 @@ class Layout:
     task_capacity: int
     function_slots: int
     arena_size: int
+    large_size: int = 0
+    trace_events: int = 0  # records per worker trace ring (a power of two), 0: no rings
 
     def __post_init__(self):
         for name in ("deque_capacity", "task_capacity"):
@@ -155,6 +199,10 @@ class Layout:
             raise ValueError("task_capacity must be below 2**31")
         if self.arena_size < 1 << 16 or self.arena_size % LINE:
             raise ValueError("arena_size must be a multiple of 64 and at least 64 KiB")
+        if self.large_size < 0 or self.large_size % PAGE:
+            raise ValueError("arena_max must be a multiple of 4096 bytes")
+        if self.trace_events < 0 or self.trace_events & (self.trace_events - 1):
+            raise ValueError(f"trace_events must be 0 or a power of two, got {self.trace_events}")
 
     # ---- derived sizes and offsets ----
     @cached_property
@@ -209,12 +257,31 @@ class Layout:
         return self.tasks + self.task_capacity * RECORD_SIZE
 
     @cached_property
-    def arena(self) -> int:
+    def traces(self) -> int:
+        """Start of the trace rings (page-aligned; nothing when trace_events is 0)."""
         return _align(self.functions + self.function_slots * FN_ENTRY, 4096)
 
     @cached_property
+    def trace_ring_size(self) -> int:
+        """Bytes of one worker's trace ring: its head line, then the records."""
+        return T_RECORDS + self.trace_events * TRACE_RECORD if self.trace_events else 0
+
+    def trace(self, w: int) -> int:
+        """Worker `w`'s trace ring (its head word; records at + T_RECORDS)."""
+        return self.traces + w * self.trace_ring_size
+
+    @cached_property
+    def arena(self) -> int:
+        return _align(self.traces + self.workers * self.trace_ring_size, 4096)
+
+    @cached_property
+    def large(self) -> int:
+        """Start of the large-block area (page-aligned)."""
+        return _align(self.arena + self.arena_size, PAGE)
+
+    @cached_property
     def size(self) -> int:
-        return _align(self.arena + self.arena_size, 4096)
+        return self.large + self.large_size
 
     def describe(self) -> dict:
         """Offsets and sizes, for docs, tests and `penny info`."""
@@ -225,7 +292,9 @@ class Layout:
             "completions": (self.completions, self.queue_size),
             "tasks": (self.tasks, self.task_capacity * RECORD_SIZE),
             "functions": (self.functions, self.function_slots * FN_ENTRY),
+            "traces": (self.traces, self.workers * self.trace_ring_size),
             "arena": (self.arena, self.arena_size),
+            "large": (self.large, self.large_size),
             "size": self.size,
         }
 

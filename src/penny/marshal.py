@@ -6,14 +6,26 @@ Anything else is pickled (protocol 5) into an arena block whose offset the
 record carries.  Exceptions travel pickled with the worker's formatted
 traceback; one that cannot be pickled becomes a `TaskError` that keeps its
 type name, message and traceback.
+
+Shared arrays (shared.py) pickle as descriptors, and the blob holds a
+reference to each block it names, so the data cannot be freed between the
+sender dropping its view and the receiver making its own.  Other buffers of
+at least `shared.OOB_MIN` bytes (NumPy arrays, PickleBuffer) go out of band:
+each is copied once, straight into its own arena block, and the receiver gets
+a view of that block (pickle protocol 5; no pipe, no second copy).  Such a
+blob starts with `EXT_MAGIC` and lists its blocks::
+
+    b"PNYX" | u32 held | u32 oob | held x u64 block | oob x (u64 block, u64 nbytes, u64 readonly) | pickle
 """
 
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 import traceback
 
-from . import _core
+from . import _core, shared
 from .arena import Arena
 from .errors import RemoteTraceback, TaskError
 from .layout import F_ARGS_BLOB, F_RESULT_BLOB, INLINE_SIZE, R_BLOB, R_BLOB_LEN, R_INLINE
@@ -32,22 +44,140 @@ class ResultPicklingError(TypeError):
 _INLINE_TYPES = frozenset((int, float, bool, type(None), str, bytes))
 
 
-def _pickle_args(args, kwargs) -> bytes:
+EXT_MAGIC = b"PNYX"
+_EXT_HEAD = struct.Struct("<4sII")
+
+
+class _Pickling:
+    """The blocks one pickle refers to: shared arrays it names (`held`, one
+    reference each) and out-of-band buffers copied into blocks (`oob`)."""
+
+    __slots__ = ("arena", "held", "oob")
+
+    def __init__(self, arena: Arena):
+        self.arena = arena
+        self.held: list[int] = []
+        self.oob: list[tuple[int, int, int]] = []
+
+    def hold(self, block: int) -> None:
+        self.arena.incref(block)
+        self.held.append(block)
+
+    def buffer(self, pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        n = raw.nbytes
+        if n < shared.OOB_MIN:
+            return True  # in band
+        off = self.arena.alloc(n)
+        self.oob.append((off, n, int(raw.readonly)))
+        self.arena.s.write_bytes(off, raw)
+        return False
+
+    def discard(self) -> None:
+        for block in self.held:
+            self.arena.release(block)
+        for off, _, _ in self.oob:
+            self.arena.release(off)
+        self.held, self.oob = [], []
+
+
+def dumps(obj, arena: Arena) -> bytes:
+    """Pickle `obj` for a task record in `arena`'s region (see the module doc)."""
+    p = _Pickling(arena)
     try:
-        return pickle.dumps((tuple(args), kwargs or _NO_KWARGS), protocol=5)
+        if arena.s.leases == 0:
+            # No shared array of this region lives in this process, so none
+            # can be in `obj`: the C pickler alone, out-of-band buffers aside.
+            data = pickle.dumps(obj, protocol=5, buffer_callback=p.buffer)
+        else:
+            f = io.BytesIO()
+            pk = pickle.Pickler(f, protocol=5, buffer_callback=p.buffer)
+            pk.dispatch_table = shared.dispatch_table()
+            prev = getattr(shared._tls, "pickling", None)
+            shared._tls.pickling = p
+            try:
+                pk.dump(obj)
+            finally:
+                shared._tls.pickling = prev
+            data = f.getvalue()
+    except BaseException:
+        p.discard()
+        raise
+    if not p.held and not p.oob:
+        return data
+    parts = [_EXT_HEAD.pack(EXT_MAGIC, len(p.held), len(p.oob))]
+    parts += [struct.pack("<Q", b) for b in p.held]
+    parts += [struct.pack("<QQQ", *o) for o in p.oob]
+    parts.append(data)
+    return b"".join(parts)
+
+
+def _ext_blocks(data):
+    """(held, oob, pickle offset) of an extended blob."""
+    _, nheld, noob = _EXT_HEAD.unpack_from(data, 0)
+    pos = _EXT_HEAD.size
+    held = struct.unpack_from(f"<{nheld}Q", data, pos)
+    pos += 8 * nheld
+    flat = struct.unpack_from(f"<{3 * noob}Q", data, pos)
+    pos += 24 * noob
+    return held, [flat[i:i + 3] for i in range(0, len(flat), 3)], pos
+
+
+def loads(data, arena: Arena):
+    """Inverse of `dumps`; the blocks it names stay held by the blob."""
+    prev = getattr(shared._tls, "arena", None)
+    shared._tls.arena = arena
+    try:
+        if data[:4] != EXT_MAGIC:
+            return pickle.loads(data)
+        _, oob, pos = _ext_blocks(data)
+        buffers = [shared.lease_block(arena, off, n, bool(ro)) for off, n, ro in oob]
+        return pickle.loads(memoryview(data)[pos:], buffers=buffers)
+    finally:
+        shared._tls.arena = prev
+
+
+def discard(data, arena: Arena) -> None:
+    """Drop the block references of a pickle made by `dumps` that will never be read."""
+    if data[:4] == EXT_MAGIC:
+        held, oob, _ = _ext_blocks(data)
+        for block in held:
+            arena.release(block)
+        for off, _, _ in oob:
+            arena.release(off)
+
+
+def free_blob(arena: Arena, off: int, n: int) -> None:
+    """Free a record's blob and the references it holds."""
+    s = arena.s
+    if n >= _EXT_HEAD.size:
+        head = s.read_bytes(off, _EXT_HEAD.size)
+        if head[:4] == EXT_MAGIC:
+            _, nheld, noob = _EXT_HEAD.unpack(head)
+            discard(s.read_bytes(off, _EXT_HEAD.size + 8 * nheld + 24 * noob), arena)
+    arena.free(off)
+
+
+def _pickle_args(args, kwargs, arena: Arena) -> bytes:
+    try:
+        return dumps((tuple(args), kwargs or _NO_KWARGS), arena)
+    except MemoryError:
+        raise
     except Exception as e:
         raise ArgumentPicklingError(
             f"penny: the task's arguments cannot be pickled ({type(e).__name__}: {e}); "
             "pass plain data, or objects whose classes are importable at module level"
+            + ("; only views of penny.shared_buffer travel as memoryviews" if "memoryview" in str(e) else "")
         ) from e
 
 
-def prepickle(args, kwargs) -> bytes | None:
+def prepickle(args, kwargs, arena: Arena) -> bytes | None:
     """Pickle arguments now unless they are plain values that will go inline
-    (those always pickle); raises ArgumentPicklingError in the caller."""
+    (those always pickle); raises ArgumentPicklingError in the caller.  A
+    pickle that is never sent must be given to `discard`."""
     if not kwargs and all(type(a) in _INLINE_TYPES for a in args):
         return None
-    return _pickle_args(args, kwargs)
+    return _pickle_args(args, kwargs, arena)
 
 
 def encode_args(s: _core.Shared, arena: Arena, rec: int, args, kwargs, data: bytes | None = None) -> int:
@@ -56,8 +186,12 @@ def encode_args(s: _core.Shared, arena: Arena, rec: int, args, kwargs, data: byt
     if data is None:
         if not kwargs and s.pack_inline(rec + R_INLINE, INLINE_SIZE, args) >= 0:
             return 0
-        data = _pickle_args(args, kwargs)
-    off, n = arena.put(data)
+        data = _pickle_args(args, kwargs, arena)
+    try:
+        off, n = arena.put(data)
+    except BaseException:
+        discard(data, arena)
+        raise
     # Relaxed: published with the record by the queue push's release.
     s.store64(rec + R_BLOB, off, _core.RELAXED)
     s.store64(rec + R_BLOB_LEN, n, _core.RELAXED)
@@ -71,7 +205,7 @@ def decode_args(s: _core.Shared, arena: Arena, rec: int, flags: int):
         return s.unpack_inline(rec + R_INLINE, INLINE_SIZE), _NO_KWARGS
     off = s.load64(rec + R_BLOB, _core.RELAXED)
     n = s.load64(rec + R_BLOB_LEN, _core.RELAXED)
-    return pickle.loads(arena.get(off, n))
+    return loads(arena.get(off, n), arena)
 
 
 def release_args(s: _core.Shared, arena: Arena, rec: int, flags: int) -> None:
@@ -80,7 +214,7 @@ def release_args(s: _core.Shared, arena: Arena, rec: int, flags: int) -> None:
         off = s.load64(rec + R_BLOB, _core.RELAXED)
         if off:
             s.store64(rec + R_BLOB, 0, _core.RELAXED)
-            arena.free(off)
+            free_blob(arena, off, s.load64(rec + R_BLOB_LEN, _core.RELAXED))
 
 
 def encode_result(s: _core.Shared, arena: Arena, rec: int, value) -> int:
@@ -88,13 +222,19 @@ def encode_result(s: _core.Shared, arena: Arena, rec: int, value) -> int:
     if s.pack_inline(rec + R_INLINE, INLINE_SIZE, (value,)) >= 0:
         return 0
     try:
-        data = pickle.dumps(value, protocol=5)
+        data = dumps(value, arena)
+    except MemoryError:
+        raise
     except Exception as e:
         raise ResultPicklingError(
             f"penny: the task's return value of type {type(value).__qualname__} cannot be pickled "
             f"({type(e).__name__}: {e}); return plain data instead"
         ) from e
-    off, n = arena.put(data)
+    try:
+        off, n = arena.put(data)
+    except BaseException:
+        discard(data, arena)
+        raise
     s.store64(rec + R_BLOB, off, _core.RELAXED)
     s.store64(rec + R_BLOB_LEN, n, _core.RELAXED)
     return F_RESULT_BLOB
@@ -130,8 +270,10 @@ def decode_result(s: _core.Shared, arena: Arena, rec: int, flags: int):
     off = s.load64(rec + R_BLOB, _core.RELAXED)
     n = s.load64(rec + R_BLOB_LEN, _core.RELAXED)
     data = arena.get(off, n)
-    arena.free(off)
-    return pickle.loads(data)
+    try:
+        return loads(data, arena)
+    finally:
+        free_blob(arena, off, n)
 
 
 def decode_exception(s: _core.Shared, arena: Arena, rec: int) -> BaseException:
@@ -139,8 +281,10 @@ def decode_exception(s: _core.Shared, arena: Arena, rec: int) -> BaseException:
     off = s.load64(rec + R_BLOB, _core.RELAXED)
     n = s.load64(rec + R_BLOB_LEN, _core.RELAXED)
     data = arena.get(off, n)
-    arena.free(off)
-    exc, tb = pickle.loads(data)
+    try:
+        exc, tb = loads(data, arena)
+    finally:
+        free_blob(arena, off, n)
     if tb:
         exc.__cause__ = RemoteTraceback(tb)
     return exc

@@ -21,6 +21,7 @@ from .layout import (
     H_ARENA,
     H_DEQUE,
     H_FUNCTIONS,
+    H_LARGE,
     H_MAGIC,
     H_MAIN_PID,
     H_SIZE,
@@ -89,6 +90,7 @@ class Region:
         s.store32(H_TASKS, lay.task_capacity, _core.RELAXED)
         s.store32(H_DEQUE, lay.deque_capacity, _core.RELAXED)
         s.store64(H_ARENA, lay.arena_size, _core.RELAXED)
+        s.store64(H_LARGE, lay.large_size, _core.RELAXED)
         s.store32(H_FUNCTIONS, lay.function_slots, _core.RELAXED)
         s.store32(H_MAIN_PID, os.getpid(), _core.RELAXED)
         for w in range(lay.workers):
@@ -112,11 +114,12 @@ class Region:
             "tasks": s.load32(H_TASKS, _core.RELAXED),
             "deque": s.load32(H_DEQUE, _core.RELAXED),
             "arena": s.load64(H_ARENA, _core.RELAXED),
+            "large": s.load64(H_LARGE, _core.RELAXED),
             "functions": s.load32(H_FUNCTIONS, _core.RELAXED),
         }
         want = {
             "magic": MAGIC, "version": VERSION, "workers": lay.workers, "size": lay.size,
-            "tasks": lay.task_capacity, "deque": lay.deque_capacity, "arena": lay.arena_size,
+            "tasks": lay.task_capacity, "deque": lay.deque_capacity, "arena": lay.arena_size, "large": lay.large_size,
             "functions": lay.function_slots,
         }
         bad = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
@@ -132,13 +135,17 @@ class Region:
         return RegionHandle(self.fd, self.layout)
 
     def close(self) -> None:
-        """Unmap and close.  Safe to call twice."""
+        """Unmap and close.  Safe to call twice.  Shared arrays still referenced
+        in this process keep the mapping (not the descriptor) until they are
+        collected: their memory never disappears under them."""
+        unmap = True
         if self.shared is not None:
-            self.shared.release()
+            unmap = self.shared.release()
             self.shared = None
         if self.map is not None:
-            self.map.close()
-            self.map = None
+            if unmap:
+                self.map.close()
+            self.map = None  # else unmapped when the last lease lets go of it
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -20,10 +20,13 @@ import concurrent.futures as cf
 import itertools
 import multiprocessing
 import os
+import sys
 import threading
+import time
 import weakref
 
-from . import _core, config, marshal, parking
+from . import _core, config, marshal, parking, shared
+from . import trace as _trace
 from .arena import Arena
 from .futures import TaskFuture
 from .errors import SchedulerClosedError, TaskError, UnknownFunctionError, WorkerCrashedError
@@ -35,6 +38,7 @@ from .layout import (
     H_SLEEPERS,
     R_ATTEMPTS,
     R_BLOB,
+    R_BLOB_LEN,
     R_FLAGS,
     R_FN,
     R_PARENT,
@@ -57,9 +61,19 @@ _live: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 _current: "weakref.ref[Scheduler] | None" = None
 
 
+#: Set per thread by a backend's task wrapper while a task runs outside Penny's
+#: own workers (backends/ray.py): `scheduler` is then what penny.spawn, join
+#: and parallel_for submit children to.
+_task_context = threading.local()
+
+
 def current_scheduler() -> "Scheduler":
     """The scheduler that penny.spawn/join/parallel_for use outside tasks: the
-    one whose ``with`` block is innermost, else the most recently created."""
+    one whose ``with`` block is innermost, else the most recently created.
+    Inside a task run by another backend, that backend's task context."""
+    ctx = getattr(_task_context, "scheduler", None)
+    if ctx is not None:
+        return ctx
     sched = _current() if _current is not None else None
     if sched is None or sched._closed:
         live = [x for x in list(_live) if not x._closed]
@@ -85,7 +99,19 @@ class Scheduler(cf.Executor):
     ``{id: function}`` for `new_task`; `start_method` is ``"forkserver"``
     (default on Linux), ``"spawn"`` or ``"fork"``.  The remaining keywords size
     the shared region (see config.py).
+
+    ``Scheduler(..., backend="ray", address=None, **ray_init_kwargs)`` returns
+    a `penny.backends.ray.RayScheduler` instead: the same API on a Ray cluster.
     """
+
+    def __new__(cls, *args, backend: str = "local", **kwargs):
+        if backend == "local":
+            return super().__new__(cls)
+        if backend == "ray":
+            from .backends.ray import RayScheduler
+
+            return RayScheduler(*args, **kwargs)  # not a Scheduler: __init__ is not called again
+        raise ValueError(f"penny: unknown backend {backend!r}; use 'local' or 'ray'")
 
     def __init__(
         self,
@@ -97,8 +123,12 @@ class Scheduler(cf.Executor):
         deque_capacity: int | None = None,
         task_capacity: int | None = None,
         arena_size: int | None = None,
+        arena_max: int | None = None,
         function_slots: int | None = None,
         seed: int | None = None,
+        trace=False,
+        trace_buffer: int | None = None,
+        backend: str = "local",
     ):
         if workers is None:
             workers = os.cpu_count() or 1
@@ -112,6 +142,11 @@ class Scheduler(cf.Executor):
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"penny: retries must be an int >= 0, got {retries!r}")
         static = validate_static(functions, method)
+        trace_events = config.TRACE_EVENTS if trace_buffer is None else trace_buffer
+        if not isinstance(trace, (bool, str, os.PathLike)):
+            raise TypeError(f"penny: trace must be a bool or a file path, got {type(trace).__name__}")
+        if trace is not False and not trace_events:
+            raise ValueError("penny: trace needs trace rings; do not pass trace_buffer=0 with it")
         self._method = method
         self._retries = retries
         self._layout = Layout(
@@ -120,6 +155,8 @@ class Scheduler(cf.Executor):
             task_capacity=task_capacity or config.TASK_CAPACITY,
             function_slots=function_slots or config.FUNCTION_SLOTS,
             arena_size=arena_size or config.ARENA_SIZE,
+            large_size=(config.default_arena_max() if arena_max is None else arena_max) // 4096 * 4096,
+            trace_events=trace_events,
         )
         self._closed = False
         self._broken: BaseException | None = None
@@ -130,6 +167,11 @@ class Scheduler(cf.Executor):
         self._crash_info: dict[int, str] = {}
         self._torn_down = threading.Event()
         self._next_worker = itertools.count()
+        self._recorders: set = set()     # active trace recorders (trace.py)
+        self._own_recorder = None        # the one Scheduler(trace=...) started
+        self._stats_lock = threading.Lock()
+        self._stats_base = [[0] * len(STAT_NAMES) for _ in range(workers)]
+        self._stats_t0 = time.monotonic()
 
         region = Region.create(self._layout)
         self._region = region
@@ -138,18 +180,24 @@ class Scheduler(cf.Executor):
             self._s = s
             self._tasks = TaskTable(s, self._layout)
             self._tasks.init_free_list()
-            self._arena = Arena(s, self._layout.arena, self._layout.arena_size)
+            self._arena = Arena(s, self._layout, region.fd, region.map)
             self._functions = FunctionTable(s, self._layout, static, method)
             self._injector = self._layout.injector
             self._wake_workers = Notifier(s, H_SLEEPERS, self._layout.state(0), self._layout.slice_size, workers)
             self._collector_parker = Parker(s, H_COLLECTOR, H_COLLECTOR_SLEEPERS)
             self._collector_stop = False
             self._collector = threading.Thread(target=self._collect_loop, name="penny-collector", daemon=True)
+            if trace is not False:
+                # The flag is up before the workers start: they trace from their first task.
+                self._own_recorder = _trace.Recorder(self, None if trace is True else trace)
+                self._own_recorder.begin()
             # Workers first, our threads after: under "fork" a child then copies
             # a single-threaded parent (Python 3.12+ warns otherwise).
             self._supervisor = Supervisor(self, multiprocessing.get_context(method), static, seed)
             self._supervisor.start_workers()
             self._collector.start()
+            if self._own_recorder is not None:
+                self._own_recorder.start_draining()
         except BaseException:
             self._teardown(force=True)
             raise
@@ -195,7 +243,7 @@ class Scheduler(cf.Executor):
             return fut
         # Every record is in flight: queue the call here.  Its arguments are
         # pickled now, so an unpicklable one still fails in the caller.
-        data = marshal.prepickle(args, kwargs)
+        data = marshal.prepickle(args, kwargs, self._arena)
         with self._backlog_lock:
             self._backlog.append((fut, fid, args, kwargs, data))
         self._drain_backlog()
@@ -249,12 +297,16 @@ class Scheduler(cf.Executor):
                 fut, fid, args, kwargs, data = self._backlog[0]
                 if fut.cancelled():
                     self._backlog.popleft()
+                    if data is not None:
+                        marshal.discard(data, self._arena)
                     continue
                 try:
                     if not self._try_inject(fut, fid, args, kwargs, data):
                         break
                 except BaseException as e:  # e.g. the arena is full
                     failed.append((fut, e))
+                    if data is not None:
+                        marshal.discard(data, self._arena)
                 self._backlog.popleft()
         for fut, e in failed:
             try:
@@ -269,6 +321,8 @@ class Scheduler(cf.Executor):
                 for i, item in enumerate(self._backlog):
                     if item[0] is fut:
                         del self._backlog[i]
+                        if item[4] is not None:
+                            marshal.discard(item[4], self._arena)
                         found = True
                         break
                 else:
@@ -281,13 +335,15 @@ class Scheduler(cf.Executor):
         return fut.cancelled()
 
     # ---- map ------------------------------------------------------------------
-    def map(self, fn, *iterables, timeout=None, chunksize=None):
+    def map(self, fn, *iterables, timeout=None, chunksize=None, progress=None):
         """Ordered results of ``fn(*args)`` over zipped `iterables`.
 
         Work starts at once; input is consumed lazily, a bounded window of
         chunks ahead of the consumer, so a huge or endless iterable is not
         materialised.  `chunksize` defaults to about 1/8 of a worker's share
-        when the length is known, else it grows from 16 to 1024.
+        when the length is known, else it grows from 16 to 1024.  `progress`
+        (True, a description, or a tqdm-like object) shows a bar of the
+        results consumed (progress.py).
         """
         from .worker import run_chunk, run_chunk1
 
@@ -314,24 +370,44 @@ class Scheduler(cf.Executor):
         for _ in range(window):
             if not submit_next():
                 break
-        return self._map_results(pending, submit_next, timeout)
+        bar = None
+        if progress:
+            try:
+                total = min(len(it) for it in iterables)
+            except TypeError:
+                total = None
+            bar = (progress, total, f"map({getattr(fn, '__qualname__', 'fn')})")
+        return self._map_results(pending, submit_next, timeout, bar)
 
     @staticmethod
-    def _map_results(pending, submit_next, timeout):
+    def _map_results(pending, submit_next, timeout, bar=None):
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout
         more = True
+        if bar is not None:  # made at the first next(): a map never iterated draws nothing
+            from .progress import make_bar
+
+            bar = make_bar(*bar)
+        done = False
         try:
             while pending:
                 fut = pending.popleft()
                 if more:
                     more = submit_next()
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                yield from fut.result(left)
+                if bar is None:
+                    yield from fut.result(left)
+                else:
+                    items = fut.result(left)
+                    bar.update(len(items))
+                    yield from items
+            done = True
         finally:
             for fut in pending:
                 fut.cancel()
+            if bar is not None:
+                bar.close(complete=done)
 
     def _chunk_sizes(self, iterables, chunksize):
         if chunksize is not None:
@@ -397,7 +473,8 @@ class Scheduler(cf.Executor):
                 value = marshal.decode_exception(s, self._arena, rec)
             elif status == S_CANCELLED:
                 if flags & F_ARGS_BLOB and s.load64(rec + R_BLOB, _core.RELAXED):
-                    self._arena.free(s.load64(rec + R_BLOB, _core.RELAXED))
+                    marshal.free_blob(self._arena, s.load64(rec + R_BLOB, _core.RELAXED),
+                                      s.load64(rec + R_BLOB_LEN, _core.RELAXED))
             elif status == S_CRASHED:
                 value = WorkerCrashedError(self._crash_info.pop(ref, "penny: the worker running this task died"))
             else:
@@ -503,6 +580,8 @@ class Scheduler(cf.Executor):
                     fut.cancel()
             self._backlog.clear()
         finally:
+            if getattr(self, "_recorders", None):
+                _trace.stop_all(self)  # the last events, read while the region is mapped
             if getattr(self, "_region", None) is not None:
                 self._s = None
                 self._region.close()
@@ -528,6 +607,30 @@ class Scheduler(cf.Executor):
             "inside a task, use penny.spawn/penny.sync (or return data to the caller)"
         )
 
+    # ---- shared arrays ----------------------------------------------------------
+    def shared_array(self, shape, dtype="f8", fill=None):
+        """A NumPy array of `shape` and `dtype` in this scheduler's shared memory,
+        uninitialised unless `fill` is given (like ``numpy.empty``).  Passing it
+        or any view of it to a task sends a descriptor, not the data; the task
+        writes into the same memory.  Freed when the last view in any process is
+        collected (its memory stays valid here even after shutdown)."""
+        self._check_open()
+        return shared.new_array(self._arena, shape, dtype, fill)
+
+    def share(self, data):
+        """A shared copy of an existing array (anything ``numpy.asarray`` takes),
+        or, for bytes-like `data` without NumPy, of its bytes (a memoryview)."""
+        self._check_open()
+        if isinstance(data, (bytes, bytearray, memoryview)) and not _is_ndarray(data):
+            return shared.share_bytes(self._arena, data)
+        return shared.share_array(self._arena, data)
+
+    def shared_buffer(self, nbytes: int) -> memoryview:
+        """A writable memoryview of `nbytes` in shared memory (no NumPy needed);
+        it and its slices pass to tasks by reference, like shared arrays."""
+        self._check_open()
+        return shared.new_buffer(self._arena, nbytes)
+
     # ---- introspection --------------------------------------------------------
     @property
     def workers(self) -> int:
@@ -537,26 +640,61 @@ class Scheduler(cf.Executor):
     def start_method(self) -> str:
         return self._method
 
-    def stats(self) -> dict:
-        """Per-worker counters (kept in shared memory by the workers) and totals."""
+    def stats(self, reset: bool = False) -> dict:
+        """Per-worker counters (kept in shared memory by the workers) and totals,
+        counted since the scheduler started or since the last ``stats(reset=True)``,
+        which returns them and starts a new interval.  Workers publish their
+        counters every config.STATS_FLUSH_EVERY tasks, when they go idle and
+        before they park, so a busy worker's latest counts may lag."""
         s = self._s
         if s is None:
             raise SchedulerClosedError("penny: the scheduler is shut down")
+        # Reset by baseline: the shared counters only grow (one writer each, the
+        # worker, which keeps storing absolute values; a replacement worker goes
+        # on from its predecessor's), so a reset records them here and later
+        # reads subtract.  Nothing is written to shared memory, so a reset can
+        # never race with a worker's flush: counts not yet flushed at the reset
+        # simply land in the next interval, none is lost or counted twice.
+        with self._stats_lock:
+            now = time.monotonic()
+            raw = [[s.load64(self._layout.stats(w) + 8 * i, _core.RELAXED) for i in range(len(STAT_NAMES))]
+                   for w in range(self._layout.workers)]
+            base, since = self._stats_base, self._stats_t0
+            if reset:
+                self._stats_base, self._stats_t0 = raw, now
         per = []
-        for w in range(self._layout.workers):
-            base = self._layout.stats(w)
-            row = {name: s.load64(base + 8 * i, _core.RELAXED) for i, name in enumerate(STAT_NAMES)}
+        for w, (vals, old) in enumerate(zip(raw, base)):
+            row = {name: max(0, v - o) for name, v, o in zip(STAT_NAMES, vals, old)}
             row["worker"] = w
             per.append(row)
         totals = {name: sum(r[name] for r in per) for name in STAT_NAMES}
         return {
             "workers": per,
             "totals": totals,
+            "interval_s": now - since,
             "pending": len(self._futures) + len(self._backlog),
             "queued": s.queue_len(self._layout.injector),
             "arena_used": self._arena.used(),
+            "arena": self._arena.stats(),
             "region_bytes": self._layout.size,
         }
+
+    # ---- tracing ----------------------------------------------------------------
+    def trace(self, path=None) -> "_trace.Recorder":
+        """Record the workers' events (task start and end, steals, spawns made
+        visible, idle, park and wake) while a ``with`` block runs; with `path`,
+        write them there as Chrome trace JSON at its end (open it in Perfetto or
+        chrome://tracing; ``penny trace PATH --png out.png`` draws a timeline).
+        ``rec = s.trace(); rec.start() ... rec.stop(); rec.save(path)`` works too."""
+        self._check_open()
+        return _trace.Recorder(self, path)
+
+    def save_trace(self, path) -> str:
+        """Write what a ``Scheduler(trace=True)`` recorded so far to `path` (Chrome trace JSON)."""
+        if self._own_recorder is None:
+            raise ValueError("penny: this scheduler was not created with trace=True; "
+                             "use `with s.trace(path):` around the work to record")
+        return self._own_recorder.save(path)
 
     def __repr__(self):
         state = "closed" if self._closed else "running"
@@ -568,6 +706,11 @@ class Executor(Scheduler):
 
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None, **kwargs):
         super().__init__(max_workers, start_method=start_method, **kwargs)
+
+
+def _is_ndarray(x) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(x, np.ndarray)
 
 
 @atexit.register

@@ -14,13 +14,29 @@ A worker that dies before it attached (bad main module under spawn, say)
 three times in a row marks the scheduler broken: pending futures fail and
 submissions raise, instead of restarting forever.
 
-Known gap (tracked for the reliability issue): a worker killed between taking
-a ref (pop, steal, batch from the global queue) and recording it as current
-loses that one task; the window is a few hundred nanoseconds.
+Every take of a ref (pop, steal, a batch from the global queue, a child popped
+back in sync) stores it in the taker's `current` word in the same C call, so a
+worker killed after taking a task and before claiming it leaves it where step
+1 finds it (still QUEUED: queued again).  The tasks the dead worker held are
+all RUNNING with it as owner: the one it was running, the inline ancestors on
+its stacks and its suspended continuations (`dead_tasks`).  The running one is
+retried when it can be; the others fail with `WorkerCrashedError` (their
+Python frames died), each once its published children have finished, so that
+no child ever reports to a recycled record: the supervisor gives up a dead
+task's join token for it (unless the task had given it up itself when it
+suspended: the F_SUSPENDED mark), reaps the task at once if no child is left,
+and otherwise the last child posts it to the dead worker's inbox, where the
+replacement worker reaps it (`reap`, `ForkJoin.reap_orphan`).  The parent of a
+reaped task sees the error at its sync.
+
+Windows that remain, each a few instructions inside one C call: between a take
+and its mark, between a task's DONE store and its routing, and between the
+suspended mark and the token's release.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -28,23 +44,34 @@ from multiprocessing.connection import wait as wait_sentinels
 
 from . import _core
 from .errors import WorkerCrashedError
+from . import marshal
 from .layout import (
     F_ARGS_CONSUMED,
-    H_COLLECTOR,
-    H_COLLECTOR_SLEEPERS,
+    F_RESULT_BLOB,
+    F_SUSPENDED,
+    R_BLOB,
+    R_BLOB_LEN,
+    R_JOIN,
+    R_OWNER,
+    R_PARENT,
+    R_STATE,
+    S_DONE,
+    S_FAILED,
+    make_ref,
     H_SLEEPERS,
     R_ATTEMPTS,
     R_FLAGS,
     RECORD_SIZE,
-    S_CRASHED,
     S_QUEUED,
     S_RUNNING,
     W_CURRENT,
     W_PID,
 )
-from .parking import AWAKE, Notifier
+from .parking import AWAKE
+from .tasks import GEN_MASK
 
 _MINUS_ONE = 0xFFFF_FFFF
+log = logging.getLogger("penny.supervisor")
 MAX_START_FAILURES = 3
 
 
@@ -57,6 +84,47 @@ def describe_exit(code) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def dead_tasks(s, lay, tasks, w: int) -> list[int]:
+    """Refs of the tasks that were RUNNING on worker `w` (its current task, the
+    inline ancestors on its stacks, its suspended continuations)."""
+    out = []
+    load64, load32 = s.load64, s.load32
+    base = tasks.base
+    for i in range(lay.task_capacity):
+        rec = base + i * RECORD_SIZE
+        word = load64(rec + R_STATE, _core.ACQUIRE)
+        if word >> 32 == S_RUNNING and load32(rec + R_OWNER, _core.RELAXED) == w:
+            out.append(make_ref(i, word & GEN_MASK))
+    return out
+
+
+def reap(s, lay, tasks, arena, ref: int, why: str) -> None:
+    """Complete dead task `ref`, whose children have all finished, with
+    `WorkerCrashedError(why)`: free the records of children it never read,
+    store the error as its outcome and route it to its parent or the main
+    process.  Runs in the supervisor, or in the replacement worker when the
+    last child finished after the recovery."""
+    rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+    for i in range(lay.task_capacity):
+        child = tasks.base + i * RECORD_SIZE
+        if s.load64(child + R_PARENT, _core.RELAXED) != ref:
+            continue
+        word = s.load64(child + R_STATE, _core.ACQUIRE)
+        if word >> 32 in (S_DONE, S_FAILED):
+            cflags = s.load32(child + R_FLAGS, _core.RELAXED)
+            if cflags & F_RESULT_BLOB:
+                marshal.free_blob(arena, s.load64(child + R_BLOB, _core.RELAXED),
+                                  s.load64(child + R_BLOB_LEN, _core.RELAXED))
+            tasks.free(make_ref(i, word & GEN_MASK))
+    flags = s.load32(rec + R_FLAGS, _core.RELAXED)
+    marshal.release_args(s, arena, rec, flags)
+    rflags = marshal.encode_exception(s, arena, rec, WorkerCrashedError(why))
+    parent = s.load64(rec + R_PARENT, _core.RELAXED)
+    s.store32(rec + R_FLAGS, (flags & ~(F_RESULT_BLOB | F_SUSPENDED)) | F_ARGS_CONSUMED | rflags, _core.RELAXED)
+    tasks.set_status(ref, S_FAILED)  # release: the outcome is visible to its reader
+    s.publish(ref, parent)
 
 
 class Supervisor:
@@ -95,6 +163,7 @@ class Supervisor:
         )
         p.start()
         self.procs[w] = p
+        log.debug("penny: started worker %d (pid %s, %s)", w, p.pid, self.ctx.get_start_method())
 
     # ---- watching -----------------------------------------------------------------
     def _watch(self) -> None:
@@ -115,6 +184,7 @@ class Supervisor:
                     self._recover(w, proc)
                 except Exception as e:  # noqa: BLE001 - never let the supervisor die silently
                     self.sched._broken = WorkerCrashedError(f"penny: recovering worker {w} failed: {e!r}")
+                    log.error("penny: the scheduler is broken: recovering worker %d failed: %r", w, e)
                     self._fail_everything(self.sched._broken)
                 finally:
                     proc.close()
@@ -128,26 +198,45 @@ class Supervisor:
             return
         self.crashes += 1
         how = describe_exit(proc.exitcode)
+        log.warning("penny: worker %d (pid %s) %s; recovering its tasks", w, proc.pid, how)
         sl = lay.slice(w)
         attached = s.load32(sl + W_PID, _core.ACQUIRE)
-        # 1. the task it was running
-        ref = s.load64(sl + W_CURRENT, _core.RELAXED)
-        if ref and tasks.status(ref) == S_RUNNING:
+        # 1. the tasks it held: the one it was running (retried if it can be)
+        # and every other task whose frame lived in it (inline ancestors,
+        # suspended continuations): they fail, once their children are done.
+        cur = s.load64(sl + W_CURRENT, _core.RELAXED)
+        if cur and tasks.status(cur) == S_QUEUED:
+            # Taken (popped, stolen, batched: the take marks it) but not claimed:
+            # no other process has it.  Queue it again; it did not start.
+            s.queue_push(lay.injector, cur)
+            cur = 0
+        while s.queue_pop(lay.inbox(w)) > 0:
+            pass  # continuations ready to resume: handled by the scan below
+        for ref in dead_tasks(s, lay, tasks, w):
             rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
-            started = s.fetch_add32(rec + R_ATTEMPTS, 1, _core.RELAXED) + 1
-            intact = not s.load32(rec + R_FLAGS, _core.RELAXED) & F_ARGS_CONSUMED
-            if intact and started <= sched._retries:
-                tasks.set_status(ref, S_QUEUED)
-                s.queue_push(lay.injector, ref)
-            else:
-                why = "" if intact else " after the task had returned"
-                sched._crash_info[ref] = (
-                    f"penny: worker {w} (pid {proc.pid}) {how}{why} while running this task; "
-                    f"it was started {started} time(s) (Scheduler(retries={sched._retries}))"
+            flags = s.load32(rec + R_FLAGS, _core.RELAXED)
+            join = s.load32(rec + R_JOIN, _core.ACQUIRE)
+            if ref == cur and join == 1 and not flags & F_SUSPENDED:
+                started = s.fetch_add32(rec + R_ATTEMPTS, 1, _core.RELAXED) + 1
+                intact = not flags & F_ARGS_CONSUMED
+                if intact and started <= sched._retries:
+                    tasks.set_status(ref, S_QUEUED)
+                    s.queue_push(lay.injector, ref)
+                    log.warning("penny: task %#x that worker %d was running is queued again (start %d of at most %d)",
+                                ref, w, started + 1, sched._retries + 1)
+                    continue
+                why = (
+                    f"penny: worker {w} (pid {proc.pid}) {how}{'' if intact else ' after the task had returned'} "
+                    f"while running this task; it was started {started} time(s) (Scheduler(retries={sched._retries}))"
                 )
-                tasks.set_status(ref, S_CRASHED)
-                s.queue_push(lay.completions, ref)
-                Notifier(s, H_COLLECTOR_SLEEPERS, H_COLLECTOR, 4, 1).notify_one()
+            else:
+                why = (f"penny: worker {w} (pid {proc.pid}) {how} while this task was "
+                       f"{'suspended in sync' if flags & F_SUSPENDED else 'running'} on it (its Python frame is lost)")
+            log.warning("penny: task %#x fails with WorkerCrashedError: %s", ref, why)
+            if join == 0 or not flags & F_SUSPENDED and s.fetch_add32(rec + R_JOIN, _MINUS_ONE, _core.ACQ_REL) == 1:
+                reap(s, lay, tasks, sched._arena, ref, why)
+            # else children are still running: the last one to finish posts this
+            # task to worker w's inbox, and w's replacement reaps it (worker.py).
         s.store64(sl + W_CURRENT, 0, _core.RELAXED)
         # 2. its deque: steal everything onto the global queue
         dq = lay.deque(w)
@@ -176,6 +265,7 @@ class Supervisor:
                     "see the worker's output above (an import error in the main module is common)"
                 )
                 sched._broken = err
+                log.error("%s", err)
                 self._fail_everything(err)
                 return
         else:
@@ -183,6 +273,8 @@ class Supervisor:
         with self._lock:
             if not self._stopping:
                 self._start(w)
+                log.warning("penny: worker %d replaced (new pid %s); the scheduler goes on",
+                            w, self.procs[w].pid)
 
     def _fail_everything(self, err: BaseException) -> None:
         """The scheduler is broken: every pending future fails with `err`."""
@@ -220,6 +312,7 @@ class Supervisor:
             if p.exitcode is None:
                 p.kill()
                 p.join()
+            log.debug("penny: worker process %s %s", p.pid, describe_exit(p.exitcode))
             p.close()
         self.procs = [None] * len(self.procs)
         os.close(self._wake_r)

@@ -14,6 +14,7 @@ process's collector picks it up.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -52,11 +53,29 @@ from .parking import Notifier, Parker
 from .registry import FunctionTable
 from .region import RegionHandle
 from .tasks import TaskTable
+from .trace import (
+    IDLE_BEGIN,
+    IDLE_END,
+    INJECTED,
+    PARK,
+    START,
+    STEAL,
+    TASK_BEGIN,
+    TASK_END,
+    WAKE,
+    TraceWriter,
+    tracing_requested,
+)
 
 _EMPTY = _core.EMPTY
 _RETRY = _core.RETRY
 
 NEW_FIBER = "new-fiber"  # what a suspending task sends the root greenlet
+
+# Workers log to "penny.worker" only and add no handler: under fork they use
+# the parent's logging setup, under spawn/forkserver none (records are dropped
+# unless the application configures logging in the worker, e.g. at import).
+log = logging.getLogger("penny.worker")
 
 #: The Worker running in this process (None in the main process).
 current = None
@@ -72,7 +91,9 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     watch_parent(region.main_pid)
     try:
         current = Worker(region, wid, static_functions, start_method, seed)
+        log.debug("penny worker %d started (pid %d, %s)", wid, os.getpid(), start_method)
         current.run()
+        log.debug("penny worker %d exiting (pid %d)", wid, os.getpid())
         if current.fork.suspended:
             # Stopped with continuations parked (shutdown that did not wait):
             # their frames must not be unwound into a closed region.
@@ -96,22 +117,33 @@ class Worker:
         self.own = lay.deque(wid)
         self.victims = [lay.deque(v) for v in range(lay.workers) if v != wid]
         self.tasks = TaskTable(s, lay)
-        self.arena = Arena(s, lay.arena, lay.arena_size)
+        self.arena = Arena(s, lay, region.fd, region.map)
         self.functions = FunctionTable(s, lay, static_functions, start_method)
         self.parker = Parker(s, lay.state(wid), H_SLEEPERS)
         self.wake_worker = Notifier(s, H_SLEEPERS, lay.state(0), lay.slice_size, lay.workers)
         self.wake_main = Notifier(s, H_COLLECTOR_SLEEPERS, H_COLLECTOR, 4, 1)
         self.main_pid = region.main_pid
         self.rng = random.Random(seed)
-        self.counts = dict.fromkeys(STAT_NAMES, 0)
+        self.stats_base = lay.stats(wid)
+        # Counters continue from what the slice holds (a replacement worker
+        # after a crash goes on from its predecessor's last flush), so they
+        # only grow and Scheduler.stats(reset=True) can subtract a baseline.
+        self.counts = {name: s.load64(self.stats_base + 8 * i, _core.RELAXED)
+                       for i, name in enumerate(STAT_NAMES)}
+        self.spawns_base = self.counts["spawns"]  # fork.spawns (counted in C) starts at 0
+        # Tracing: the ring writer exists when the layout has rings; `tracing`
+        # follows the header flag, re-read off the hot path (trace.py).
+        self.trace = TraceWriter(s, lay, wid) if lay.trace_events else None
+        self.tracing = False
+        self.idle_since = 0
         self.current = self.slice + W_CURRENT   # offset of our "current task" word
         self.inbox = lay.inbox(wid)
         self.by_id = self.functions._by_id
         self.fork = ForkJoin(self)
-        self.stats_base = lay.stats(wid)
         s.store32(self.slice + W_ID, wid, _core.RELAXED)
         # Release: the supervisor reads the pid to know this worker attached.
         s.store32(self.slice + W_PID, os.getpid(), _core.RELEASE)
+        self.refresh_tracing()
 
     # ---- the loop ---------------------------------------------------------
     def run(self) -> None:
@@ -128,7 +160,7 @@ class Worker:
     def loop(self) -> None:
         """The worker loop.  Several fibers may run it in turn (fibers.py)."""
         s = self.s
-        pop, own = s.deque_pop, self.own
+        pop, own, cur = s.deque_pop, self.own, self.current  # pop marks the ref as ours (supervisor.py)
         inbox, qpop = self.inbox, s.queue_pop
         fork = self.fork
         run_task = self.run_task
@@ -136,30 +168,41 @@ class Worker:
         counts = self.counts
         perf = time.perf_counter_ns
         ran = 0
+        tracing = self.tracing  # the only trace check per task; refreshed off the hot path
         while True:
             if fork.suspended:
                 ref = qpop(inbox)
                 if ref > 0:
                     fork.resume(ref)
+                    tracing = self.tracing
                     continue
-            ref = pop(own)
+            ref = pop(own, cur)
             if ref == _EMPTY:
                 ref = self.find_work()
                 if ref == _EMPTY:
+                    if not fork.suspended:
+                        # Posts for continuations of the worker we replaced
+                        # (supervisor.py): checked here, off the hot path.
+                        orphan = qpop(inbox)
+                        if orphan > 0:
+                            fork.resume(orphan)
+                            continue
                     counts["tasks"] += ran
                     ran = 0
                     if not self.idle():
                         return
+                    tracing = self.tracing
                     continue
             t0 = perf()
             try:
-                run_task(ref)
+                if tracing:
+                    self.run_traced(ref)
+                else:
+                    run_task(ref)
             except BaseException:
                 # Not the task's exception (run_task reports those): a fault
-                # in the runtime itself.  Put back a ref we had not claimed,
-                # then die; the supervisor recovers a claimed one.
-                if self.tasks.status(ref) == S_QUEUED:
-                    self.s.queue_push(self.lay.injector, ref)
+                # in the runtime itself.  Die: the supervisor finds the ref in
+                # our current word and queues it again or fails it.
                 raise
             counts["busy_ns"] += perf() - t0
             ran += 1
@@ -167,6 +210,7 @@ class Worker:
                 counts["tasks"] += ran
                 ran = 0
                 self.flush_stats()
+                tracing = self.tracing
                 # Relaxed: a hint; shutdown also wakes us explicitly.
                 if s.load32(H_SHUTDOWN, _core.RELAXED):
                     return
@@ -204,6 +248,17 @@ class Worker:
         if outer:
             s.store64(self.current, outer, _core.RELAXED)  # the enclosing task runs on
 
+    def run_traced(self, ref: int) -> None:
+        """`run_task` between a begin and an end event (tracing on)."""
+        # Relaxed: the ref came from an acquire pop/steal, so its record is initialised.
+        fid = self.s.load32(self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE + R_FN, _core.RELAXED)
+        emit = self.trace.emit
+        emit(TASK_BEGIN, fid, ref)
+        try:
+            self.run_task(ref)
+        finally:
+            emit(TASK_END, fid, ref)
+
     def resolve(self, ref: int, fid: int, flags: int, args):
         """Function and arguments of a task off the fast path (pickled, or new id)."""
         rec = self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
@@ -237,11 +292,8 @@ class Worker:
             rflags = marshal.encode_exception(s, arena, rec, value)
         value = None
         s.store32(rec + R_FLAGS, (flags & ~F_RESULT_BLOB) | rflags, _core.RELAXED)
-        # Read before the status store: the record may be freed right after it.
-        parent = s.load64(rec + R_PARENT, _core.RELAXED)
-        self.tasks.set_status(ref, S_FAILED if failed else S_DONE)  # release: result first
-        s.store64(self.current, 0, _core.RELAXED)
-        s.publish(ref, parent)
+        # Status (release: the result first), current cleared, routed: one call.
+        s.settle(ref, S_FAILED if failed else S_DONE, self.current)
 
     def spawn_slow(self, fid: int, args, kwargs, parent: int) -> int:
         """Publish a child whose arguments must be pickled; its ref, or 0 if no record is free.
@@ -279,9 +331,12 @@ class Worker:
                 contended = False
                 for i in range(n):
                     counts["steals_tried"] += 1
-                    ref = s.deque_steal(victims[(start + i) % n])
+                    ref = s.deque_steal(victims[(start + i) % n], self.current)
                     if ref > 0:
                         counts["steals"] += 1
+                        if self.tracing:
+                            v = (start + i) % n
+                            self.trace.emit(STEAL, v + (v >= self.wid), ref)
                         return ref
                     if ref == _RETRY:
                         contended = True
@@ -296,17 +351,18 @@ class Worker:
         if not backlog:
             return _EMPTY
         want = min(config.INJECTOR_BATCH, 1 + backlog // self.lay.workers)
-        refs = s.queue_pop_many(inj, want)
-        if not refs:
+        # One C call pops the batch, marks the first ref as ours and pushes the
+        # rest on our deque (oldest at the bottom, so we run them in submission
+        # order; others may steal them from the top): no ref is lost if we die.
+        ref, n = s.take_batch(inj, want, self.own, self.current)
+        if not n:
             return _EMPTY
-        self.counts["injected"] += len(refs)
-        if len(refs) > 1:
-            # The rest go on our deque, oldest at the bottom so we run them in
-            # submission order; others may steal them from the top.
-            for ref in reversed(refs[1:]):
-                self.push(ref)
+        self.counts["injected"] += n
+        if self.tracing:
+            self.trace.emit(INJECTED, n)
+        if n > 1:
             self.wake_worker.notify_one(self.wid + 1)
-        return refs[0]
+        return ref
 
     def push(self, ref: int) -> None:
         """Push on our deque; spill to the global queue when it is full."""
@@ -320,7 +376,7 @@ class Worker:
         s = self.s
         if s.queue_len(self.lay.injector) or s.deque_len(self.own):
             return True
-        if self.fork.suspended and s.queue_len(self.inbox):
+        if s.queue_len(self.inbox):  # a resume, or an orphan to reap
             return True
         return any(s.deque_len(v) for v in self.victims)
 
@@ -331,10 +387,19 @@ class Worker:
         # Relaxed RMWs: the idle count is only a hint for lazy publication
         # (fibers.py); waking is the parking protocol's job.
         s.fetch_add32(H_IDLE, 1, _core.RELAXED)
+        self.idle_since = time.perf_counter_ns()
+        if self.tracing:
+            self.trace.emit(IDLE_BEGIN)
+        found = False
         try:
-            return self._idle()
+            found = self._idle()
+            return found
         finally:
             s.fetch_add32(H_IDLE, 0xFFFF_FFFF, _core.RELAXED)
+            self.note_idle()
+            if self.tracing:
+                self.trace.emit(IDLE_END, int(found))
+            self.refresh_tracing()  # a recorder may have started or stopped while we slept
 
     def _idle(self) -> bool:
         s = self.s
@@ -350,13 +415,27 @@ class Worker:
             if s.load32(H_SHUTDOWN, _core.ACQUIRE):
                 return False
             self.counts["parks"] += 1
-            if self.parker.park(self.has_work_or_shutdown, config.PARK_TIMEOUT):
+            # Publish the counters before sleeping: a parked worker's stats are exact.
+            self.note_idle()
+            self.flush_stats()
+            if self.tracing:
+                self.trace.emit(PARK)
+            notified = self.parker.park(self.has_work_or_shutdown, config.PARK_TIMEOUT)
+            if self.tracing:
+                self.trace.emit(WAKE, int(notified))
+            if notified:
                 self.counts["wakeups"] += 1
                 return True
             if self.has_work():
                 return True
             if not self.parent_alive():
                 return False
+
+    def note_idle(self) -> None:
+        """Add the time idle since the last note to the idle_ns counter."""
+        now = time.perf_counter_ns()
+        self.counts["idle_ns"] += now - self.idle_since
+        self.idle_since = now
 
     def has_work_or_shutdown(self) -> bool:
         return bool(self.s.load32(H_SHUTDOWN, _core.ACQUIRE)) or self.has_work()
@@ -366,10 +445,18 @@ class Worker:
 
     def flush_stats(self) -> None:
         s, base = self.s, self.stats_base
-        self.counts["spawns"] = self.fork.spawns
+        self.counts["spawns"] = self.spawns_base + self.fork.spawns
         for i, name in enumerate(STAT_NAMES):
             # Relaxed: this worker is the only writer; readers want a snapshot.
             s.store64(base + 8 * i, self.counts[name], _core.RELAXED)
+        self.refresh_tracing()
+
+    def refresh_tracing(self) -> None:
+        """Follow the header's trace flag (at flushes and after idling, never per task)."""
+        on = self.trace is not None and tracing_requested(self.s)
+        if on and not self.tracing:
+            self.trace.emit(START, os.getpid())
+        self.tracing = on
 
 
 def process_alive(pid: int) -> bool:

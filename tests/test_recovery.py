@@ -1,0 +1,112 @@
+"""Worker death with tasks suspended in sync and inline frames (issue 5, item 1).
+
+A worker that dies takes the Python frames of every task it held: the one it
+ran, their inline ancestors and its suspended continuations.  Those fail with
+WorkerCrashedError, their parents see it at sync, root futures resolve, and
+the scheduler goes on (supervisor.reap, ForkJoin.reap_orphan)."""
+
+import os
+import signal
+import time
+
+import pytest
+
+import penny
+
+from . import recovery_tasks as rt
+
+
+def _wait_pid(path, timeout=30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.01)
+    raise AssertionError(f"no pid written to {path}")
+
+
+def _warm(s):
+    """Every worker started and idle, so that a spawn publishes its child for them."""
+    assert sorted(s.map(rt.quick, range(64), chunksize=1)) == list(range(64))
+    time.sleep(0.3)
+
+
+def _still_works(s):
+    assert s.submit(rt.quick, 7).result(timeout=60) == 7
+    assert list(s.map(rt.quick, range(20))) == list(range(20))
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_task_suspended_on_a_killed_worker_fails_and_its_future_resolves(make_sched, tmp_path, method):
+    s = make_sched(2, start_method=method)
+    _warm(s)
+    path = str(tmp_path / "pid")
+    fut = s.submit(rt.parent_suspends, path, 1.5)
+    pid = _wait_pid(path)
+    time.sleep(0.2)  # in sync now, suspended: its child sleeps on the other worker
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(penny.WorkerCrashedError, match="suspended in sync|died while it was suspended"):
+        fut.result(timeout=60)
+    _still_works(s)
+
+
+def test_the_parent_of_a_dead_suspended_task_sees_the_error_at_its_sync(make_sched, tmp_path):
+    s = make_sched(3)
+    _warm(s)
+    path = str(tmp_path / "pid")
+    fut = s.submit(rt.grandparent, path, 1.5)
+    pid = _wait_pid(path)
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    out = fut.result(timeout=60)
+    assert out.startswith("crashed: ") and "suspended in sync" in out, out
+    _still_works(s)
+
+
+def test_a_killed_child_is_retried_and_its_suspended_parent_gets_the_result(make_sched, tmp_path):
+    s = make_sched(2, retries=1)
+    _warm(s)
+    path = str(tmp_path / "pid")
+    fut = s.submit(rt.parent_of_killed_child, path, 1.0)
+    pid = _wait_pid(path)
+    os.remove(path)
+    os.kill(pid, signal.SIGKILL)
+    assert fut.result(timeout=60) == "result 42"  # the retry ran the child again
+    _still_works(s)
+
+
+def test_a_killed_child_without_retries_fails_at_its_parents_sync(make_sched, tmp_path):
+    s = make_sched(2, retries=0)
+    _warm(s)
+    path = str(tmp_path / "pid")
+    fut = s.submit(rt.parent_of_killed_child, path, 1.0)
+    pid = _wait_pid(path)
+    os.kill(pid, signal.SIGKILL)
+    out = fut.result(timeout=60)
+    assert out.startswith("crashed: ") and "SIGKILL" in out
+    _still_works(s)
+
+
+def test_records_are_not_leaked_by_reaping(make_sched, tmp_path):
+    s = make_sched(2)
+    _warm(s)
+    for i in range(3):
+        path = str(tmp_path / f"pid{i}")
+        fut = s.submit(rt.parent_suspends, path, 1.0)
+        pid = _wait_pid(path)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(penny.WorkerCrashedError):
+            fut.result(timeout=60)
+    _still_works(s)
+    # Every record is back on the free list once the work is done.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        used = sum(1 for i in range(s._layout.task_capacity)
+                   if s._tasks.status(s._tasks.ref_of(i)) not in (0, -1)) if hasattr(s._tasks, "ref_of") else None
+        if used in (0, None):
+            break
+        time.sleep(0.1)
+    assert used in (0, None)
