@@ -228,6 +228,43 @@ def test_ctrl_c_exits_promptly_and_leaves_nothing(tmp_path, style, method, targe
         h.kill_all(tree)
 
 
+@pytest.mark.parametrize("style,method", [("with", "forkserver"), ("bare", "fork"), ("map", "spawn")])
+def test_sigterm_shuts_down_cleanly(tmp_path, style, method):
+    shm_before = h.shm_listing()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_SCRIPT, method, style, str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=h.subprocess_env(), cwd=h.ROOT,
+        start_new_session=True,
+    )
+    tree = []
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.strip() == "ready":
+                break
+        rep = h.reports("".join(lines))
+        assert "ready" in rep, "".join(lines) + proc.stderr.read()
+        tree = rep["ready"]["tree"]
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10, "took too long to exit after SIGTERM"
+        assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, err)
+        assert "Traceback" not in err and "resource_tracker" not in err and "leaked" not in err, err
+        assert not h.wait_gone(tree, timeout=10), "processes left after SIGTERM"
+        assert h.shm_listing() - shm_before == set()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        h.kill_all(tree)
+
+
 # ---------------------------------------------------------------------------
 # the parent process dies
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import itertools
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -202,6 +203,7 @@ class Scheduler(cf.Executor):
             self._teardown(force=True)
             raise
         _live.add(self)
+        _install_sigterm()
         self._make_current()
 
     def _make_current(self) -> None:
@@ -711,6 +713,24 @@ class Executor(Scheduler):
 def _is_ndarray(x) -> bool:
     np = sys.modules.get("numpy")
     return np is not None and isinstance(x, np.ndarray)
+
+
+def _install_sigterm() -> None:
+    """SIGTERM of the main process shuts down cleanly: unless the program set
+    its own handler, it raises SystemExit(143) in the main thread, so `with`
+    blocks and `atexit` stop every scheduler (workers exit, nothing is left)
+    instead of the process vanishing and its workers noticing a moment later."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # pragma: no cover - embedded interpreters
+        pass
+
+
+def _on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 @atexit.register

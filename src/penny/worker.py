@@ -87,6 +87,7 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     # Ctrl-C goes to the whole foreground process group: the main process
     # handles it and shuts us down; a worker that died of it would lose work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (fork)
     region = handle.attach()
     watch_parent(region.main_pid)
     try:
