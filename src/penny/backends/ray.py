@@ -66,11 +66,6 @@ except ImportError:  # the optional extra is not installed
     ray = None
     _rex = None
 
-try:
-    import numpy as np
-except ImportError:
-    np = None
-
 from .. import config, fibers
 from .. import scheduler as _sched
 from ..errors import (
@@ -385,12 +380,21 @@ _freeze_lock = threading.Lock()
 def _load_shared(ref):
     """Unpickled in a task: Ray's zero-copy, read-only view of the array, which
     remembers its ObjectRef so that handing it on to children sends only that."""
-    view = ray.get(ref).view(RaySharedArray)
+    view = ray.get(ref).view(_shared_array_type())
     view._penny_ref = ref
     return view
 
 
-if np is not None:
+_shared_type = None
+
+
+def _shared_array_type():
+    """`RaySharedArray`, made on first use: NumPy is imported only where arrays
+    are shared (a fresh Ray worker that never meets one starts ~90 ms sooner)."""
+    global _shared_type
+    if _shared_type is not None:
+        return _shared_type
+    np = _numpy("a shared array")
 
     class RaySharedArray(np.ndarray):
         """A NumPy array that travels to Ray tasks as an ObjectRef.
@@ -432,14 +436,23 @@ if np is not None:
         def __reduce__(self):
             return self.__reduce_ex__(2)
 
-else:  # pragma: no cover - NumPy is not installed
-    RaySharedArray = None
+    RaySharedArray.__module__ = __name__
+    _shared_type = RaySharedArray
+    return RaySharedArray
+
+
+def __getattr__(name):
+    if name == "RaySharedArray":
+        return _shared_array_type()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _numpy(what: str):
-    if np is None:
-        raise ImportError(f"penny: {what} needs NumPy: pip install numpy")
-    return np
+    try:
+        import numpy
+    except ImportError:
+        raise ImportError(f"penny: {what} needs NumPy: pip install numpy") from None
+    return numpy
 
 
 # ---- the driver side --------------------------------------------------------------------
@@ -733,7 +746,7 @@ class RayScheduler(cf.Executor):
         as its ObjectRef (zero-copy there), and read-only from then on."""
         self._check_open()
         np_ = _numpy("shared_array")
-        arr = np_.empty(shape, dtype).view(RaySharedArray)
+        arr = np_.empty(shape, dtype).view(_shared_array_type())
         if fill is not None:
             np_.ndarray.fill(arr, fill)
         arr._penny_pending = True
@@ -745,7 +758,7 @@ class RayScheduler(cf.Executor):
         zero-copy view of it that tasks receive by ObjectRef."""
         self._check_open()
         np_ = _numpy("share")
-        if isinstance(data, RaySharedArray) and data._penny_ref is not None:
+        if isinstance(data, _shared_array_type()) and data._penny_ref is not None:
             return data
         if isinstance(data, (bytes, bytearray, memoryview)) and not isinstance(data, np_.ndarray):
             src = np_.frombuffer(memoryview(data).cast("B"), np_.uint8)
