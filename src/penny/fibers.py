@@ -38,6 +38,8 @@ a child nobody synced fails the parent.
 
 from __future__ import annotations
 
+import threading
+
 from greenlet import getcurrent
 
 from . import _core, config, marshal
@@ -443,10 +445,12 @@ def _pfor_counted(body, lo: int, hi: int, grain: int, counter: int) -> None:
     return None
 
 
-def _outside_spawned() -> list:
-    import threading
+_outside = threading.local()  # .futures: penny.spawn outside tasks, per thread
 
-    local = _outside_spawned.__dict__.setdefault("local", threading.local())
-    if not hasattr(local, "futures"):
-        local.futures = []
-    return local.futures
+
+def _outside_spawned() -> list:
+    try:
+        return _outside.futures
+    except AttributeError:
+        _outside.futures = []
+        return _outside.futures

@@ -54,6 +54,7 @@ import collections
 import concurrent.futures as cf
 from concurrent.futures._base import PENDING
 import itertools
+import re
 import socket
 import threading
 import time
@@ -76,6 +77,7 @@ from ..errors import (
     UnknownFunctionError,
     WorkerCrashedError,
 )
+from ..futures import _Condition
 from ..registry import validate_static
 
 __all__ = ["RayScheduler", "RayFuture", "RayHandle", "ClusterUnreachableError", "RayUnavailableError",
@@ -122,13 +124,11 @@ def _map_error(e: BaseException, retries) -> BaseException:
         return e
     if isinstance(e, _rex.RayTaskError):
         cause = e.cause
-        if isinstance(cause, _rex.RayError) and not isinstance(cause, _rex.RayTaskError):
+        if isinstance(cause, _rex.RayTaskError):  # a task re-raised a child's RayTaskError
+            return _map_error(cause, retries)
+        if isinstance(cause, _rex.RayError):
             if type(cause) is _rex.RayError:
-                # Ray replaced an exception it could not pickle by a RayError with its text.
-                err = TaskError(f"penny: a task failed with an exception that could not be sent back: {cause}",
-                                "", str(e))
-                err.__cause__ = RemoteTraceback(str(e))
-                return err
+                return _unpicklable_error(str(cause))
             return _map_error(cause, retries)  # e.g. ray.get of a crashed child, unwrapped by no one
         if isinstance(cause, BaseException):
             if cause.__cause__ is None:
@@ -151,6 +151,21 @@ def _map_error(e: BaseException, retries) -> BaseException:
     else:
         err = TaskError(f"penny: Ray could not run the task: {type(e).__name__}: {e}", type(e).__name__)
     err.__cause__ = e
+    return err
+
+
+def _unpicklable_error(text: str) -> TaskError:
+    """Ray's stand-in for an exception it could not pickle ("Exception T isn't
+    serializable: why\nOriginal exception details:\n<traceback>") as a TaskError,
+    worded as the local backend's."""
+    first, _, details = text.partition("\n")
+    m = re.match(r"Exception (\S+) isn't serializable: (.*)", first)
+    remote_type, why = (m.group(1), m.group(2)) if m else ("", first)
+    lines = [ln for ln in details.splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if remote_type and ln.startswith(remote_type + ":")), "")
+    err = TaskError(f"penny: {last or remote_type or 'a task failed'} (the original exception could not "
+                    f"be pickled: {why})", remote_type, details)
+    err.__cause__ = RemoteTraceback(details or text)
     return err
 
 
@@ -482,7 +497,13 @@ class RayFuture(cf.Future):
     """
 
     def __init__(self, sched, ref):
-        super().__init__()
+        # Future.__init__'s attributes, with the local backend's slim condition
+        # (futures.py: a stock Condition costs more than the rest of a submit here).
+        self._condition = _Condition()
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._done_callbacks = []
         self._waiters = _WatchedList()
         self._waiters.fut = self
         self._ref = ref
