@@ -5,8 +5,10 @@ names the problem, and that the scheduler still runs tasks afterwards (with
 the same worker processes, where no worker was meant to die).  `CASES`
 lists them; `test_zz_tally` prints how many ran and passed.
 
-Runtime gaps found while writing these are kept as strict xfails at the end
-(each says what is wrong); they are not counted in the tally.
+Runtime gaps found while writing these (a replaced fork worker inheriting
+the main process's scheduler, map dropping the results before a failing
+input item, an unnamed argument-unpickling error) are fixed; their tests are
+kept at the end as regressions and are not counted in the tally.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from penny import (
     WorkerCrashedError,
 )
 from penny.errors import RemoteTraceback
+from penny.marshal import ArgumentUnpicklingError
 from tests import crash_tasks as ct
 from tests import helpers as h
 
@@ -282,17 +285,18 @@ def test_argument_whose_pickling_raises(sched):
 
 
 def test_argument_whose_unpickling_raises(sched):
-    """Raised in the worker by pickle.loads: the same exception reaches the
-    caller; the worker's traceback shows it came from decoding the arguments
-    (see the strict xfail in test_crash_matrix.py about the message)."""
+    """Raised in the worker by pickle.loads: the caller gets an
+    ArgumentUnpicklingError naming the original; the worker's traceback shows
+    it came from decoding the arguments."""
     same = SameWorkers(sched)
-    with pytest.raises(ValueError, match="UnpickleRaises cannot be rebuilt in the worker") as info:
+    with pytest.raises(ArgumentUnpicklingError, match="UnpickleRaises cannot be rebuilt in the worker") as info:
         sched.submit(ct.takes_arg, ct.UnpickleRaises()).result(TIMEOUT)
+    assert "arguments could not be unpickled in the worker" in str(info.value)
     tb = remote_tb(info.value)
     assert "decode_args" in tb and "_raise_on_load" in tb, tb
     still_usable(sched)
     same.check()
-    passed("argument whose unpickling raises in the worker", f"ValueError: {info.value}")
+    passed("argument whose unpickling raises in the worker", f"ArgumentUnpicklingError: {info.value}")
 
 
 def test_argument_whose_unpickling_crashes_the_worker(sched, tmp_path):
@@ -409,9 +413,8 @@ def test_recursion_error(sched):
 
 @pytest.mark.parametrize("n, chunksize", [(50, None), (5000, None), (5000, 10)])
 def test_map_over_failing_iterable(sched, n, chunksize):
-    """The iterable's exception reaches the caller, as itself, after a correct
-    prefix of the results (how long a prefix: see the strict xfail below);
-    nothing stays pending."""
+    """The iterable's exception reaches the caller, as itself, after the
+    results of every item before it; nothing stays pending."""
     same = SameWorkers(sched)
     got = []
     with pytest.raises(ValueError, match=f"failed after {n} items"):
@@ -465,7 +468,7 @@ def test_current_scheduler_inside_a_task(sched):
         sched.submit(ct.submit_from_task, 1, 10.0).result(TIMEOUT)
     assert time.monotonic() - t0 < 10, "the task waited instead of failing"
     assert isinstance(info.value, SchedulerClosedError)
-    assert "no running Scheduler" in str(info.value)
+    assert "cannot use the scheduler that runs it" in str(info.value) and "penny.spawn" in str(info.value)
     assert sched.submit(ct.spawn_inside_task, 1).result(TIMEOUT) == 2
     still_usable(sched)
     same.check()
@@ -522,15 +525,10 @@ def test_use_after_shutdown(make_sched):
 
 
 # ---------------------------------------------------------------------------
-# runtime gaps (strict xfails; not in the tally)
+# regressions of the runtime gaps found (not in the tally)
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime bug (reported): under fork, a worker started by the supervisor after the Scheduler "
-    "was created inherits the main process's Scheduler in penny.scheduler._live, so "
-    "current_scheduler().submit inside a task on it injects a task whose future lives in the "
-    "worker's copy and never resolves: the task waits (forever without a timeout)"))
 def test_current_scheduler_inside_a_task_on_a_replaced_fork_worker(make_sched):
     import signal
 
@@ -551,11 +549,6 @@ def test_current_scheduler_inside_a_task_on_a_replaced_fork_worker(make_sched):
     assert time.monotonic() - t0 < 5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime gap (reported): Scheduler.map consumes the input a window ahead and raises the "
-    "iterable's exception as soon as it meets it, dropping the results of the items before it "
-    "that were already computed (16 of 5000 with the default chunks); multiprocessing's imap "
-    "delivers every earlier result first"))
 def test_map_delivers_every_result_before_the_failure(sched):
     got = []
     with pytest.raises(ValueError):

@@ -13,7 +13,7 @@ Expected, for a task submitted from the main process:
   exit code, and how many times it was started;
 * a crash while pickling the result: the task had returned and its arguments
   were released, so it is *not* retried (it has had its effects once):
-  `WorkerCrashedError` at once, saying so ("after the task had returned");
+  `WorkerCrashedError` at once, saying so ("after it had returned");
 * an exception while running: the same exception type, message, and the
   worker's traceback as ``__cause__`` (`RemoteTraceback`);
 * an exception while unpickling the arguments: the same exception type, with
@@ -44,7 +44,7 @@ import pytest
 import penny
 from penny import WorkerCrashedError
 from penny.errors import RemoteTraceback
-from penny.marshal import ResultPicklingError
+from penny.marshal import ArgumentUnpicklingError, ResultPicklingError
 from tests import crash_tasks as ct
 from tests import helpers as h
 
@@ -177,7 +177,7 @@ def test_crash_matrix(pool, tmp_path, case):
         if phase == "pickle":
             # The task had returned: not run again (its effects happened once).
             expected = 1
-            assert "after the task had returned" in msg, msg
+            assert "after it had returned" in msg, msg
         else:
             expected = 1 + retries
         assert starts == expected, f"started {starts} times, expected {expected}: {msg}"
@@ -191,6 +191,11 @@ def test_crash_matrix(pool, tmp_path, case):
             assert "CrashOnDump" in msg and "cannot be pickled" in msg, msg
             assert "CrashMatrixError" in msg and "while pickling the result" in msg, msg
             assert "return plain data" in msg  # what to do
+        elif phase == "unpickle":
+            assert isinstance(err, ArgumentUnpicklingError) and isinstance(err, TypeError)
+            assert "arguments could not be unpickled in the worker" in msg, msg
+            assert "CrashMatrixError: crash-matrix failure while unpickling the arguments" in msg, msg
+            assert "decode_args" in str(err.__cause__)
         else:
             assert type(err) is ct.CrashMatrixError, f"{type(err).__name__}: {msg}"
             where = "while running" if phase == "run" else "while unpickling the arguments"
@@ -209,9 +214,6 @@ def test_crash_matrix(pool, tmp_path, case):
     OUTCOMES[case] = f"{type(err).__name__} after {starts} start(s)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime gap (reported): an exception raised while a worker unpickles a task's arguments "
-    "reaches the caller as itself; only the remote traceback says it came from decoding the arguments"))
 def test_unpickling_error_names_the_arguments(pool):
     """An argument that raises while the worker unpickles it (ValueError
     "refused"): the result side wraps its error (ResultPicklingError: "the
@@ -278,11 +280,6 @@ def test_crash_in_a_stolen_child(tmp_path, crash, retries):
         _close_hard(s)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime bug (reported): supervisor.dead_tasks() selects RUNNING records by owner *slot*; a dead "
-    "task left RUNNING until its children finish is found again when the replacement worker of the "
-    "same slot dies, so its join token is given up twice and it is reaped while its child still runs "
-    "(the error names the replacement's pid; the child later reports to a freed record)"))
 def test_dead_parent_survives_a_second_death_of_its_slot(tmp_path):
     """A parent runs (not in sync) while its published child runs on the other
     worker.  Kill the parent's worker, then kill its replacement (which never

@@ -66,6 +66,7 @@ H_COLLECTOR = 3 * LINE          # u32: the collector's parking word (its state)
 H_COLLECTOR_SLEEPERS = 3 * LINE + 4  # u32: 1 while the collector is a sleeper
 H_FN_COUNT = 4 * LINE  # u32: function directory entries allocated
 H_IDLE = 4 * LINE + 32  # u32: workers looking for work (a hint for lazy publication)
+H_SCRATCH = 4 * LINE + 40  # u64: written and never read (an unused `current` word for settle)
 H_TASK_FREE = 5 * LINE  # u64: tagged head of the task-record free list
 H_ARENA_BUMP = 6 * LINE  # u64: bytes of the arena carved so far
 H_ARENA_FREE = 7 * LINE  # u64[ARENA_CLASSES]: tagged heads of block free lists
@@ -136,7 +137,8 @@ STATUS_NAMES = {S_FREE: "free", S_QUEUED: "queued", S_RUNNING: "running", S_DONE
 F_ARGS_BLOB = 1        # arguments are pickled in the arena (else inline)
 F_RESULT_BLOB = 2      # the result is pickled in the arena (else inline)
 F_ARGS_CONSUMED = 4    # the worker released the arguments: a crash now cannot be retried
-F_SUSPENDED = 8        # the task gave up its join token (suspended in sync; see fibers.py)
+F_SUSPENDED = 8        # the task's join token is given up (it suspended in sync, or its worker died)
+F_DEAD = 16            # its worker died: the blob holds its WorkerCrashedError (supervisor.doom)
 
 # ---- arena block header ----
 # Every block, small or large, ends its header with the same 16 bytes just

@@ -37,6 +37,10 @@ class ArgumentPicklingError(TypeError):
     """Raised in the caller when a task's arguments cannot be pickled."""
 
 
+class ArgumentUnpicklingError(TypeError):
+    """Raised (in the caller's future) when a worker cannot unpickle a task's arguments."""
+
+
 class ResultPicklingError(TypeError):
     """Raised (in the caller's future) when a task's return value cannot be pickled."""
 
@@ -205,7 +209,13 @@ def decode_args(s: _core.Shared, arena: Arena, rec: int, flags: int):
         return s.unpack_inline(rec + R_INLINE, INLINE_SIZE), _NO_KWARGS
     off = s.load64(rec + R_BLOB, _core.RELAXED)
     n = s.load64(rec + R_BLOB_LEN, _core.RELAXED)
-    return loads(arena.get(off, n), arena)
+    try:
+        return loads(arena.get(off, n), arena)
+    except Exception as e:
+        raise ArgumentUnpicklingError(
+            f"penny: the task's arguments could not be unpickled in the worker ({type(e).__name__}: {e}); "
+            "their classes must be importable by workers and rebuild there"
+        ) from e
 
 
 def release_args(s: _core.Shared, arena: Arena, rec: int, flags: int) -> None:

@@ -60,6 +60,24 @@ from .tasks import TaskTable
 
 _live: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 _current: "weakref.ref[Scheduler] | None" = None
+_in_worker = False  # set in worker processes (worker.main): no scheduler of their own
+
+
+def _forget_in_worker() -> None:
+    """In a new worker process: the schedulers a fork copied from the main
+    process are not ours to use, and their mappings are not ours to keep
+    (unmapped here, so a scheduler's memory goes with its own shutdown)."""
+    global _in_worker, _current
+    _in_worker = True
+    for sched in list(_live):
+        region = getattr(sched, "_region", None)
+        if region is not None:
+            try:
+                region.close()
+            except Exception:  # noqa: BLE001 - best effort in a child
+                pass
+    _live.clear()
+    _current = None
 
 
 #: Set per thread by a backend's task wrapper while a task runs outside Penny's
@@ -75,6 +93,12 @@ def current_scheduler() -> "Scheduler":
     ctx = getattr(_task_context, "scheduler", None)
     if ctx is not None:
         return ctx
+    if _in_worker:
+        raise SchedulerClosedError(
+            "penny: a task cannot use the scheduler that runs it (it belongs to the main process): "
+            "spawn children with penny.spawn/penny.sync (or penny.join, penny.parallel_for), "
+            "or return the data and submit from the caller"
+        )
     sched = _current() if _current is not None else None
     if sched is None or sched._closed:
         live = [x for x in list(_live) if not x._closed]
@@ -362,12 +386,17 @@ class Scheduler(cf.Executor):
         window = max(4, 4 * self._layout.workers)
         pending: collections.deque = collections.deque()
 
+        failure: list = []  # an exception of the input: raised after the results before it
+
         def submit_next() -> bool:
-            chunk = list(itertools.islice(source, next(sizes)))
-            if not chunk:
-                return False
-            pending.append(self._submit(chunk_fid, (fid, chunk), None))
-            return True
+            chunk: list = []
+            try:
+                chunk.extend(itertools.islice(source, next(sizes)))
+            except Exception as e:  # noqa: BLE001 - raised at its place in the results
+                failure.append(e)
+            if chunk:
+                pending.append(self._submit(chunk_fid, (fid, chunk), None))
+            return bool(chunk) and not failure
 
         for _ in range(window):
             if not submit_next():
@@ -379,10 +408,10 @@ class Scheduler(cf.Executor):
             except TypeError:
                 total = None
             bar = (progress, total, f"map({getattr(fn, '__qualname__', 'fn')})")
-        return self._map_results(pending, submit_next, timeout, bar)
+        return self._map_results(pending, submit_next, timeout, bar, failure)
 
     @staticmethod
-    def _map_results(pending, submit_next, timeout, bar=None):
+    def _map_results(pending, submit_next, timeout, bar=None, failure=()):
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -404,6 +433,8 @@ class Scheduler(cf.Executor):
                     items = fut.result(left)
                     bar.update(len(items))
                     yield from items
+            if failure:
+                raise failure[0]
             done = True
         finally:
             for fut in pending:

@@ -47,8 +47,10 @@ from .errors import WorkerCrashedError
 from . import marshal
 from .layout import (
     F_ARGS_CONSUMED,
+    F_DEAD,
     F_RESULT_BLOB,
     F_SUSPENDED,
+    H_SCRATCH,
     R_BLOB,
     R_BLOB_LEN,
     R_JOIN,
@@ -100,10 +102,26 @@ def dead_tasks(s, lay, tasks, w: int) -> list[int]:
     return out
 
 
+def doom(s, tasks, arena, ref: int, why: str) -> None:
+    """Store `WorkerCrashedError(why)` as the outcome of dead task `ref` now
+    (its arguments, or a result it had written before dying, are released),
+    and mark it F_DEAD, so that whoever reaps it later (perhaps the worker that
+    replaced a replacement) reports the death that actually killed it."""
+    rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+    flags = s.load32(rec + R_FLAGS, _core.RELAXED)
+    if flags & F_DEAD:
+        return
+    marshal.release_args(s, arena, rec, flags)
+    if flags & F_RESULT_BLOB:  # it died after writing its result, before publishing it
+        marshal.free_blob(arena, s.load64(rec + R_BLOB, _core.RELAXED), s.load64(rec + R_BLOB_LEN, _core.RELAXED))
+    rflags = marshal.encode_exception(s, arena, rec, WorkerCrashedError(why))
+    s.store32(rec + R_FLAGS, (flags & ~F_RESULT_BLOB) | F_ARGS_CONSUMED | F_DEAD | rflags, _core.RELAXED)
+
+
 def reap(s, lay, tasks, arena, ref: int, why: str) -> None:
-    """Complete dead task `ref`, whose children have all finished, with
-    `WorkerCrashedError(why)`: free the records of children it never read,
-    store the error as its outcome and route it to its parent or the main
+    """Complete dead task `ref`, whose children have all finished, with its
+    WorkerCrashedError (stored by `doom`; `why` if it was not): free the
+    records of children it never read and route it to its parent or the main
     process.  Runs in the supervisor, or in the replacement worker when the
     last child finished after the recovery."""
     rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
@@ -118,13 +136,12 @@ def reap(s, lay, tasks, arena, ref: int, why: str) -> None:
                 marshal.free_blob(arena, s.load64(child + R_BLOB, _core.RELAXED),
                                   s.load64(child + R_BLOB_LEN, _core.RELAXED))
             tasks.free(make_ref(i, word & GEN_MASK))
+    doom(s, tasks, arena, ref, why)
     flags = s.load32(rec + R_FLAGS, _core.RELAXED)
-    marshal.release_args(s, arena, rec, flags)
-    rflags = marshal.encode_exception(s, arena, rec, WorkerCrashedError(why))
-    parent = s.load64(rec + R_PARENT, _core.RELAXED)
-    s.store32(rec + R_FLAGS, (flags & ~(F_RESULT_BLOB | F_SUSPENDED)) | F_ARGS_CONSUMED | rflags, _core.RELAXED)
-    tasks.set_status(ref, S_FAILED)  # release: the outcome is visible to its reader
-    s.publish(ref, parent)
+    s.store32(rec + R_FLAGS, flags & ~(F_SUSPENDED | F_DEAD), _core.RELAXED)
+    # Status (release: the outcome first) and routing in one call; current_off
+    # is a scratch word nobody reads (the task is nobody's current any more).
+    s.settle(ref, S_FAILED, H_SCRATCH)
 
 
 class Supervisor:
@@ -226,16 +243,27 @@ class Supervisor:
                                 ref, w, started + 1, sched._retries + 1)
                     continue
                 why = (
-                    f"penny: worker {w} (pid {proc.pid}) {how}{'' if intact else ' after the task had returned'} "
-                    f"while running this task; it was started {started} time(s) (Scheduler(retries={sched._retries}))"
+                    f"penny: worker {w} (pid {proc.pid}) {how} while running this task"
+                    f"{'' if intact else ' (after it had returned: a result is never computed twice)'}; "
+                    f"it was started {started} time(s) (Scheduler(retries={sched._retries}))"
                 )
             else:
                 why = (f"penny: worker {w} (pid {proc.pid}) {how} while this task was "
                        f"{'suspended in sync' if flags & F_SUSPENDED else 'running'} on it (its Python frame is lost)")
-            log.warning("penny: task %#x fails with WorkerCrashedError: %s", ref, why)
-            if join == 0 or not flags & F_SUSPENDED and s.fetch_add32(rec + R_JOIN, _MINUS_ONE, _core.ACQ_REL) == 1:
+            if not flags & F_DEAD:  # else an earlier death of this slot doomed it already
+                log.warning("penny: task %#x fails with WorkerCrashedError: %s", ref, why)
+                doom(s, tasks, sched._arena, ref, why)
+            if join == 0:
                 reap(s, lay, tasks, sched._arena, ref, why)
-            # else children are still running: the last one to finish posts this
+            elif not flags & F_SUSPENDED:
+                # Give up its token for it, marked first (the mark means "the
+                # token is gone"), so that a later death of this slot, while
+                # the task still waits here for its children, leaves it alone.
+                flags = s.load32(rec + R_FLAGS, _core.RELAXED)  # as doom left them
+                s.store32(rec + R_FLAGS, flags | F_SUSPENDED, _core.RELAXED)
+                if s.fetch_add32(rec + R_JOIN, _MINUS_ONE, _core.ACQ_REL) == 1:
+                    reap(s, lay, tasks, sched._arena, ref, why)
+            # Else children are still running: the last one to finish posts this
             # task to worker w's inbox, and w's replacement reaps it (worker.py).
         s.store64(sl + W_CURRENT, 0, _core.RELAXED)
         # 2. its deque: steal everything onto the global queue

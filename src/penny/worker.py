@@ -89,6 +89,9 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (fork)
     region = handle.attach()
+    from . import scheduler
+
+    scheduler._forget_in_worker()  # after attach: under fork our descriptor is the parent's copy
     watch_parent(region.main_pid)
     try:
         current = Worker(region, wid, static_functions, start_method, seed)
