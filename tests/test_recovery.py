@@ -110,3 +110,14 @@ def test_records_are_not_leaked_by_reaping(make_sched, tmp_path):
             break
         time.sleep(0.1)
     assert used in (0, None)
+
+
+def test_future_running_reflects_the_task(make_sched, tmp_path):
+    s = make_sched(2)
+    path = str(tmp_path / "pid")
+    fut = s.submit(rt.slow_child, 1.0, 5, path)
+    assert not fut.done()
+    _wait_pid(path)
+    assert fut.running()  # read from the task's record: a worker runs it
+    assert fut.result(timeout=60) == 5
+    assert not fut.running() and fut.done()

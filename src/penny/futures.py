@@ -15,6 +15,8 @@ import _thread
 import concurrent.futures as cf
 from concurrent.futures._base import PENDING
 
+from .layout import S_RUNNING
+
 
 class _Condition:
     __slots__ = ("_lock", "_waiters")
@@ -92,3 +94,14 @@ class TaskFuture(cf.Future):
         if sched is None or self.done():
             return super().cancel()
         return sched._cancel(self)
+
+    def running(self) -> bool:
+        """True while a worker runs the task: read from its record in shared
+        memory (the main process is not told when a task starts)."""
+        if self._state != PENDING or not self._ref:
+            return super().running()
+        tasks = getattr(self._scheduler, "_tasks", None)
+        try:
+            return tasks is not None and tasks.status(self._ref) == S_RUNNING
+        except (ValueError, AttributeError):  # the region is closed
+            return False
