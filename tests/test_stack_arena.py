@@ -575,3 +575,73 @@ def test_task_records_are_allocated_exactly_once_across_processes(region):
     refs = [t.alloc() for _ in range(8)]
     assert sorted(ref_index(x) for x in refs) == list(range(8))
     assert t.alloc() == 0
+
+
+# ---- the large area: extents, coalescing, the cache of committed extents ----
+
+
+def _check_extents(a):
+    """Walk the large area: boundary tags, the free list, the counters."""
+    from penny.layout import (H_LARGE_CACHED, H_LARGE_FREE, H_LARGE_LAST, H_LARGE_TOP, H_LARGE_USED,
+                              PAGE, X_ALLOCATED, X_COMMITTED, X_FREE, X_NEXT_FREE, X_PREV, X_SIZE, X_STATE)
+    s = a.s
+    top = s.load64(H_LARGE_TOP)
+    x, prev, prev_free, frees, cached, used = a.large, 0, False, set(), 0, 0
+    while x < a.large + top:
+        size = s.load64(x + X_SIZE)
+        assert size and size % PAGE == 0
+        assert s.load64(x + X_PREV) == prev, "boundary tag"
+        st = s.load32(x + X_STATE)
+        if st == X_FREE:
+            assert not prev_free, "two free extents side by side (not merged)"
+            frees.add(x)
+            cached += size if s.load32(x + X_COMMITTED) else 0
+        else:
+            assert st == X_ALLOCATED
+            used += size
+        prev_free, prev, x = st == X_FREE, size, x + size
+    assert x == a.large + top and s.load64(H_LARGE_LAST) == prev
+    listed, y = set(), s.load64(H_LARGE_FREE)
+    while y:
+        listed.add(y)
+        y = s.load64(y + X_NEXT_FREE)
+    assert listed == frees
+    assert s.load64(H_LARGE_CACHED) == cached and s.load64(H_LARGE_USED) == used
+
+
+@pytest.mark.parametrize("keep", [0, 3 << 20, 64 << 20])
+def test_large_extents_stay_consistent_under_random_alloc_and_free(keep, monkeypatch):
+    import random
+
+    from penny import config
+
+    monkeypatch.setattr(config, "ARENA_KEEP_COMMITTED", keep)
+    lay = Layout(workers=1, deque_capacity=16, task_capacity=16, function_slots=16,
+                 arena_size=1 << 16, large_size=256 << 20)
+    r = Region.create(lay)
+    try:
+        a = Arena(r.shared, lay, r.fd, r.map)
+        rng = random.Random(keep)
+        live = {}
+        for i in range(6000):
+            if live and (rng.random() < 0.5 or len(live) > 40):
+                off = rng.choice(list(live))
+                assert r.shared.read_bytes(off, 8) == live.pop(off)  # nobody else wrote it
+                a.release(off)
+            else:
+                try:
+                    off = a.alloc(rng.choice([100_000, 300_000, 1 << 20, 3 << 20, 9 << 20]))
+                except MemoryError:
+                    continue
+                tag = i.to_bytes(8, "little")
+                r.shared.write_bytes(off, tag)
+                live[off] = tag
+            if i % 25 == 0:
+                _check_extents(a)
+        for off in live:
+            a.release(off)
+        _check_extents(a)
+        st = a.stats()
+        assert st["large_used"] == 0 and st["large_carved"] == st["large_cached"] <= min(keep, (256 << 20) // 4)
+    finally:
+        r.close()

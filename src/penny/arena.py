@@ -12,11 +12,14 @@ Two allocators behind one interface, both shared by every process:
   region reserved as address space only (the memfd is sparse).  Extents carry
   boundary tags (their size and their lower neighbour's size), so a freed
   extent merges with free neighbours and a free extent at the top gives the
-  space back.  Allocation is first fit with splitting, under a lock held for
+  space back (unless it is kept committed, below).  Allocation is first fit with splitting, under a lock held for
   a few microseconds (allocations this size cost a page fault per 4 KiB
   anyway).  **Memory** is committed per extent when it is allocated
   (``posix_fallocate``: a clear ``MemoryError`` instead of a ``SIGBUS`` later)
-  and handed back to the system when the extent is freed (``MADV_REMOVE``).
+  and handed back to the system when the extent is freed (``MADV_REMOVE``),
+  except that up to ``config.ARENA_KEEP_COMMITTED`` bytes of freed extents
+  stay committed for reuse, so a big block that comes and goes every task
+  costs one copy instead of a commit and a release each time.
   So the arena grows by committing extents as long as the reservation and
   the machine allow, and a long run of allocations and frees does not grow.
 
@@ -59,10 +62,12 @@ from .layout import (
     H_LARGE_LOCK,
     H_LARGE_TOP,
     H_LARGE_USED,
+    H_LARGE_CACHED,
     LARGE_CLASS,
     LINE,
     PAGE,
     X_ALLOCATED,
+    X_COMMITTED,
     X_FREE,
     X_HEADER,
     X_NEXT_FREE,
@@ -87,7 +92,7 @@ class Arena:
     release the memory of large extents); without them (tests on a plain
     buffer) extents are used uncommitted."""
 
-    __slots__ = ("s", "base", "size", "_count", "large", "large_size", "_pages", "fd", "map", "_pid")
+    __slots__ = ("s", "base", "size", "_count", "large", "large_size", "_pages", "fd", "map", "_pid", "keep")
 
     def __init__(self, shared: _core.Shared, layout: Layout, fd: int = -1, map: mmap.mmap | None = None):
         self.s = shared
@@ -100,6 +105,7 @@ class Arena:
         self.fd = fd
         self.map = map
         self._pid = os.getpid()
+        self.keep = min(config.ARENA_KEEP_COMMITTED, self.large_size // 4) if map is not None else 0
 
     # ---- the interface ---------------------------------------------------------
     @staticmethod
@@ -199,6 +205,7 @@ class Arena:
             "small_carved": self.used(),
             "small_size": self.size,
             "large_used": s.load64(H_LARGE_USED, _R),
+            "large_cached": s.load64(H_LARGE_CACHED, _R),
             "large_carved": s.load64(H_LARGE_TOP, _R),
             "large_reserved": self.large_size,
         }
@@ -268,7 +275,7 @@ class Arena:
         self._lock()
         try:
             self._drain_deferred()
-            start = self._take_free(need)
+            start, ready = self._take_free(need)
             if not start:
                 top = s.load64(H_LARGE_TOP, _R)
                 if top + need > self.large_size:
@@ -280,6 +287,7 @@ class Arena:
                 s.store64(H_LARGE_TOP, top + need, _R)
             size = s.load64(start + X_SIZE, _R)
             s.store32(start + X_STATE, X_ALLOCATED, _R)
+            s.store32(start + X_COMMITTED, 0, _R)
             s.fetch_add64(H_LARGE_USED, size, _R)
         finally:
             self._unlock()
@@ -287,7 +295,7 @@ class Arena:
         s.store32(hdr + B_MAGIC, BLOCK_MAGIC, _R)
         s.store32(hdr + B_CLASS, LARGE_CLASS, _R)
         s.store64(hdr + B_REFS, 1, _R)
-        if self.fd >= 0:
+        if self.fd >= 0 and not ready:
             try:
                 os.posix_fallocate(self.fd, start, size)
             except OSError as e:
@@ -300,24 +308,44 @@ class Arena:
                 ) from e
         return start + X_HEADER
 
-    def _take_free(self, need: int) -> int:
-        """First free extent of at least `need` bytes, unlinked and split (lock held); 0 if none."""
+    def _take_free(self, need: int) -> tuple[int, bool]:
+        """First free extent of at least `need` bytes, unlinked and split (lock
+        held), and whether its memory is committed already; (0, False) if none.
+        A committed extent that fits exactly is preferred (no commit to pay)."""
         s = self.s
+        best = 0
         x = s.load64(H_LARGE_FREE, _R)
         while x:
             size = s.load64(x + X_SIZE, _R)
             if size >= need:
-                self._unlink(x)
-                if size - need >= _MIN_SPLIT:
-                    rest = x + need
-                    s.store64(rest + X_SIZE, size - need, _R)
-                    s.store64(rest + X_PREV, need, _R)
-                    s.store64(rest + size - need + X_PREV, size - need, _R)  # a free extent is never last
-                    s.store64(x + X_SIZE, need, _R)
-                    self._link(rest)
-                return x
+                committed = s.load32(x + X_COMMITTED, _R)
+                if committed or not best:
+                    best = x
+                if committed:
+                    break
             x = s.load64(x + X_NEXT_FREE, _R)
-        return 0
+        if not best:
+            return 0, False
+        x = best
+        size = s.load64(x + X_SIZE, _R)
+        committed = s.load32(x + X_COMMITTED, _R)
+        self._unlink(x)
+        if committed:
+            s.fetch_add64(H_LARGE_CACHED, (1 << 64) - size, _R)
+        if size - need >= _MIN_SPLIT:
+            rest = x + need
+            s.store64(rest + X_SIZE, size - need, _R)
+            s.store64(rest + X_PREV, need, _R)
+            if x + size < self.large + s.load64(H_LARGE_TOP, _R):
+                s.store64(rest + size - need + X_PREV, size - need, _R)
+            else:  # the top extent (a committed one kept free): the rest is the top now
+                s.store64(H_LARGE_LAST, size - need, _R)
+            s.store64(x + X_SIZE, need, _R)
+            s.store32(rest + X_COMMITTED, committed, _R)
+            if committed:
+                s.fetch_add64(H_LARGE_CACHED, size - need, _R)
+            self._link(rest)
+        return x, bool(committed)
 
     def _link(self, x: int) -> None:
         s = self.s
@@ -344,13 +372,13 @@ class Arena:
     def _free_large(self, start: int) -> None:
         s = self.s
         size = s.load64(start + X_SIZE, _R)
-        # Give the memory back now, outside the lock (the extent is still ours):
-        # everything but the page holding the header.
-        if self.map is not None and size > PAGE:
-            try:
-                self.map.madvise(mmap.MADV_REMOVE, start + PAGE, size - PAGE)
-            except (OSError, ValueError):
-                pass  # the memory stays committed until reused; nothing is wrong
+        # Keep it committed for reuse while the cache has room (a soft limit:
+        # read without the lock), else give the memory back now, outside the
+        # lock (the extent is still ours): everything but the header's page.
+        keep = size <= self.keep - s.load64(H_LARGE_CACHED, _R) if self.keep else False
+        s.store32(start + X_COMMITTED, int(keep), _R)
+        if not keep:
+            self._punch(start, size)
         if not self._try_lock():
             # Busy (perhaps by this very thread, interrupted by the garbage
             # collector): leave it to the holder.  stack_push is a release CAS.
@@ -378,31 +406,67 @@ class Arena:
             finally:
                 self._unlock()
 
+    def _punch(self, start: int, size: int) -> None:
+        """Hand the memory of an extent back to the system (all but its header's page)."""
+        if self.map is not None and size > PAGE:
+            try:
+                self.map.madvise(mmap.MADV_REMOVE, start + PAGE, size - PAGE)
+            except (OSError, ValueError):
+                pass  # the memory stays committed until reused; nothing is wrong
+
     def _coalesce(self, x: int) -> None:
-        """Return allocated extent `x` to the free list, merged with free neighbours (lock held)."""
+        """Return allocated extent `x` to the free list, merged with free
+        neighbours (lock held).  A merged extent is committed only if all its
+        parts were: a committed part merged with an uncommitted one is handed
+        back, so the count of cached bytes stays exact."""
         s = self.s
         size = s.load64(x + X_SIZE, _R)
         s.fetch_add64(H_LARGE_USED, (1 << 64) - size, _R)
+        committed = s.load32(x + X_COMMITTED, _R)
         end = self.large + s.load64(H_LARGE_TOP, _R)
         nxt = x + size
         if nxt < end and s.load32(nxt + X_STATE, _R) == X_FREE:
+            committed = self._absorb(nxt, x, size, committed)
             self._unlink(nxt)
             size += s.load64(nxt + X_SIZE, _R)
         prev_size = s.load64(x + X_PREV, _R)
         if prev_size:
             p = x - prev_size
             if s.load32(p + X_STATE, _R) == X_FREE:
+                committed = self._absorb(p, x, size, committed)
                 self._unlink(p)
                 x, size = p, prev_size + size
         s.store64(x + X_SIZE, size, _R)
         if x + size >= end:
-            # The top extent: give the space back to the untouched area.
-            s.store64(H_LARGE_TOP, x - self.large, _R)
-            s.store64(H_LARGE_LAST, s.load64(x + X_PREV, _R), _R)
-            s.store32(x + X_STATE, 0, _R)
-            return
-        s.store64(x + size + X_PREV, size, _R)
+            if committed:  # kept for reuse: it stays the top extent, free
+                s.store64(H_LARGE_LAST, size, _R)
+            else:  # give the space back to the untouched area
+                s.store64(H_LARGE_TOP, x - self.large, _R)
+                s.store64(H_LARGE_LAST, s.load64(x + X_PREV, _R), _R)
+                s.store32(x + X_STATE, 0, _R)
+                return
+        else:
+            s.store64(x + size + X_PREV, size, _R)
+        s.store32(x + X_COMMITTED, committed, _R)
+        if committed:
+            s.fetch_add64(H_LARGE_CACHED, size, _R)
         self._link(x)
+
+    def _absorb(self, other: int, x: int, size: int, committed: int) -> int:
+        """About to merge free extent `other` with `x` (`size` bytes, `committed`):
+        the commitment of the result (lock held)."""
+        s = self.s
+        osize = s.load64(other + X_SIZE, _R)
+        ocommitted = s.load32(other + X_COMMITTED, _R)
+        if ocommitted:
+            s.fetch_add64(H_LARGE_CACHED, (1 << 64) - osize, _R)  # re-added with the result if kept
+        if committed and ocommitted:
+            return 1
+        if ocommitted:
+            self._punch(other, osize)
+        if committed:
+            self._punch(x, size)
+        return 0
 
     def _exhausted(self, nbytes: int, need: int) -> str:
         s = self.s

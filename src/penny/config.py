@@ -24,6 +24,13 @@ ARENA_SIZE = 64 << 20
 LARGE_BLOCK = 256 << 10
 
 
+#: Bytes of freed large extents kept committed for reuse (at most a quarter of
+#: arena_max): a block that comes and goes (a big argument or result per
+#: task) then costs one copy, not a commit and a release of fresh memory each
+#: time.  Beyond this, freed extents hand their memory back to the system.
+ARENA_KEEP_COMMITTED = 1 << 30
+
+
 def default_arena_max() -> int:
     """Address space reserved for large blocks: the machine's physical memory.
     Reserving costs no memory (the region is a sparse memfd); each extent is

@@ -80,6 +80,7 @@ H_LARGE_TOP = _ARENA_END + 8    # u64: bytes of the large area carved so far
 H_LARGE_LAST = _ARENA_END + 16  # u64: size of the extent that ends at the top (0: none)
 H_LARGE_FREE = _ARENA_END + 24  # u64: region offset of the first free extent (0: none)
 H_LARGE_USED = _ARENA_END + 32  # u64: bytes in allocated extents
+H_LARGE_CACHED = _ARENA_END + 40  # u64: bytes of free extents kept committed for reuse
 H_LARGE_DEFERRED = _ARENA_END + LINE  # u64: tagged head of extents waiting to be freed
 HEADER_SIZE = _ARENA_END + 2 * LINE
 
@@ -157,6 +158,7 @@ X_PREV = 8             # u64 size of the extent just below (0 for the first)
 X_NEXT_FREE = 16       # u64 free list / deferred stack link
 X_PREV_FREE = 24       # u64 free list back link
 X_STATE = 32           # u32 X_ALLOCATED or X_FREE
+X_COMMITTED = 36       # u32 1: its memory is committed (a free extent kept for reuse)
 X_ALLOCATED = 1
 X_FREE = 2
 X_HEADER = 64          # the block header (B_*) occupies its last 16 bytes
