@@ -80,10 +80,8 @@ def passed(case: str, what: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sched():
-    """One forkserver scheduler for the cases that do not need their own."""
-    s = penny.Scheduler(2, functions={1: ct.add, 2: ct.double})
+def _module_scheduler(**kw):
+    s = penny.Scheduler(2, **kw)
     try:
         yield s
     finally:
@@ -92,20 +90,18 @@ def sched():
         left = h.wait_gone(pids, timeout=15)
         h.kill_all(left)
         assert not left
+
+
+@pytest.fixture(scope="module")
+def sched():
+    """One forkserver scheduler for the cases that do not need their own."""
+    yield from _module_scheduler(functions={1: ct.add, 2: ct.double})
 
 
 @pytest.fixture(scope="module")
 def small_arena():
     """A scheduler with a 1 MiB data arena."""
-    s = penny.Scheduler(2, arena_size=1 << 20)
-    try:
-        yield s
-    finally:
-        pids = h.worker_pids(s)
-        s.shutdown(wait=True)
-        left = h.wait_gone(pids, timeout=15)
-        h.kill_all(left)
-        assert not left
+    yield from _module_scheduler(arena_size=1 << 20)
 
 
 class SameWorkers:

@@ -182,27 +182,37 @@ CTRL_C_CASES = [
 ]
 
 
-@pytest.mark.parametrize("style,method,target", CTRL_C_CASES)
-def test_ctrl_c_exits_promptly_and_leaves_nothing(tmp_path, style, method, target):
-    shm_before = h.shm_listing()
-    proc = subprocess.Popen(
+def _start_ctrl_c_script(method, style, tmp_path):
+    return subprocess.Popen(
         [sys.executable, "-c", CTRL_C_SCRIPT, method, style, str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=h.subprocess_env(), cwd=h.ROOT,
         start_new_session=True,  # its own process group, as a shell job
     )
+
+
+def _wait_ready(proc) -> dict:
+    """The script's reports once it printed "ready" (its tasks are running)."""
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.strip() == "ready":
+            break
+    rep = h.reports("".join(lines))
+    assert "ready" in rep, "".join(lines) + proc.stderr.read()
+    return rep
+
+
+@pytest.mark.parametrize("style,method,target", CTRL_C_CASES)
+def test_ctrl_c_exits_promptly_and_leaves_nothing(tmp_path, style, method, target):
+    shm_before = h.shm_listing()
+    proc = _start_ctrl_c_script(method, style, tmp_path)
     tree = []
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.strip() == "ready":
-                break
-        rep = h.reports("".join(lines))
-        assert "ready" in rep, "".join(lines) + proc.stderr.read()
+        rep = _wait_ready(proc)
         tree = rep["ready"]["tree"]
         assert set(rep["ready"]["workers"]) <= set(tree)
         time.sleep(0.2)  # let it block in result()
@@ -231,24 +241,10 @@ def test_ctrl_c_exits_promptly_and_leaves_nothing(tmp_path, style, method, targe
 @pytest.mark.parametrize("style,method", [("with", "forkserver"), ("bare", "fork"), ("map", "spawn")])
 def test_sigterm_shuts_down_cleanly(tmp_path, style, method):
     shm_before = h.shm_listing()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C_SCRIPT, method, style, str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=h.subprocess_env(), cwd=h.ROOT,
-        start_new_session=True,
-    )
+    proc = _start_ctrl_c_script(method, style, tmp_path)
     tree = []
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.strip() == "ready":
-                break
-        rep = h.reports("".join(lines))
-        assert "ready" in rep, "".join(lines) + proc.stderr.read()
+        rep = _wait_ready(proc)
         tree = rep["ready"]["tree"]
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)

@@ -1409,6 +1409,36 @@ S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return key;
 }
 
+/* The record a ref names (any generation); NULL with ValueError if out of range. */
+static char *
+task_record(Shared *s, uint64_t ref)
+{
+    TaskGeometry *g = &s->g;
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
+    if (idx < 0 || idx >= g->capacity) {
+        PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
+        return NULL;
+    }
+    return s->base + g->tasks + idx * g->record;
+}
+
+static int route(Shared *s, uint64_t ref, uint64_t parent);
+
+/* The last step of finishing a task whose outcome is written: read the parent
+ * (relaxed: written by the spawner before the release that published us; read
+ * before the status store, after which the record may be freed), store the
+ * status (release: the outcome is visible to whoever acquires it), clear
+ * the worker's current word, route the task. */
+static int
+settle_record(Shared *s, char *rec, uint64_t ref, uint64_t status, a64 *cur)
+{
+    TaskGeometry *g = &s->g;
+    uint64_t parent = atomic_load_explicit((a64 *)(rec + g->r_parent), memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + g->r_state), (status << 32) | (ref >> 32), memory_order_release);
+    atomic_store_explicit(cur, 0, memory_order_relaxed);
+    return route(s, ref, parent);
+}
+
 /* claim(ref, current_off, wid) -> (fid, flags, args or None) or None.
  * Worker: CAS the record QUEUED -> RUNNING (AcqRel: we see the submitter's
  * writes), note it as current, and decode inline arguments.  None means the
@@ -1424,10 +1454,9 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     a64 *cur = addr(s, args[1], 8);
     if (!cur || as_u64(args[0], &ref) < 0 || as_u64(args[2], &wid) < 0)
         return NULL;
-    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
-    if (idx < 0 || idx >= g->capacity)
-        return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
-    char *rec = s->base + g->tasks + idx * g->record;
+    char *rec = task_record(s, ref);
+    if (!rec)
+        return NULL;
     uint64_t gen = ref >> 32;
     uint64_t exp = ((uint64_t)g->s_queued << 32) | gen;
     if (!atomic_compare_exchange_strong_explicit((a64 *)(rec + g->r_state), &exp,
@@ -1514,21 +1543,14 @@ S_settle(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     NARGS(3, "settle");
     if (need_tasks(s) < 0)
         return NULL;
-    TaskGeometry *g = &s->g;
     uint64_t ref, status;
     a64 *cur = addr(s, args[2], 8);
     if (!cur || as_u64(args[0], &ref) < 0 || as_u64(args[1], &status) < 0)
         return NULL;
-    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
-    if (idx < 0 || idx >= g->capacity)
-        return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
-    char *rec = s->base + g->tasks + idx * g->record;
-    /* Relaxed: written by the spawner before the release that published us;
-     * read before the status store, after which the record may be freed. */
-    uint64_t parent = atomic_load_explicit((a64 *)(rec + g->r_parent), memory_order_relaxed);
-    atomic_store_explicit((a64 *)(rec + g->r_state), (status << 32) | (ref >> 32), memory_order_release);
-    atomic_store_explicit(cur, 0, memory_order_relaxed);
-    if (route(s, ref, parent) < 0)
+    char *rec = task_record(s, ref);
+    if (!rec)
+        return NULL;
+    if (settle_record(s, rec, ref, status, cur) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1563,10 +1585,9 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     a64 *cur = addr(s, args[2], 8);
     if (!cur || as_u64(args[0], &ref) < 0)
         return NULL;
-    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
-    if (idx < 0 || idx >= g->capacity)
-        return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
-    char *rec = s->base + g->tasks + idx * g->record;
+    char *rec = task_record(s, ref);
+    if (!rec)
+        return NULL;
     a32 *flags = (a32 *)(rec + g->r_flags);
     uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
     if (f & g->f_args_blob)
@@ -1575,15 +1596,8 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     *p = 1;
     if (pack_one(args[1], p + 1, p + g->inline_size) < 0)
         Py_RETURN_FALSE;
-    /* Relaxed: written by the spawner before the release that published us. */
-    uint64_t parent = atomic_load_explicit((a64 *)(rec + g->r_parent), memory_order_relaxed);
     atomic_store_explicit(flags, (f | g->f_consumed) & ~g->f_result_blob, memory_order_relaxed);
-    /* Release: the result is visible to whoever acquires the status.  The
-     * record is not ours after this store. */
-    atomic_store_explicit((a64 *)(rec + g->r_state), ((uint64_t)g->s_done << 32) | (ref >> 32),
-                          memory_order_release);
-    atomic_store_explicit(cur, 0, memory_order_relaxed);
-    if (route(s, ref, parent) < 0)
+    if (settle_record(s, rec, ref, g->s_done, cur) < 0)
         return NULL;
     Py_RETURN_TRUE;
 }

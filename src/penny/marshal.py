@@ -162,6 +162,20 @@ def free_blob(arena: Arena, off: int, n: int) -> None:
     arena.free(off)
 
 
+def _store_blob(s: _core.Shared, arena: Arena, rec: int, data: bytes) -> None:
+    """Copy a pickle made by `dumps` into a block and point record `rec` at it;
+    if there is no room, its block references are dropped before the error."""
+    try:
+        off, n = arena.put(data)
+    except BaseException:
+        discard(data, arena)
+        raise
+    # Relaxed: published with the record by the release that publishes the
+    # record (the queue push, or the status store).
+    s.store64(rec + R_BLOB, off, _core.RELAXED)
+    s.store64(rec + R_BLOB_LEN, n, _core.RELAXED)
+
+
 def _pickle_args(args, kwargs, arena: Arena) -> bytes:
     try:
         return dumps((tuple(args), kwargs or _NO_KWARGS), arena)
@@ -191,14 +205,7 @@ def encode_args(s: _core.Shared, arena: Arena, rec: int, args, kwargs, data: byt
         if not kwargs and s.pack_inline(rec + R_INLINE, INLINE_SIZE, args) >= 0:
             return 0
         data = _pickle_args(args, kwargs, arena)
-    try:
-        off, n = arena.put(data)
-    except BaseException:
-        discard(data, arena)
-        raise
-    # Relaxed: published with the record by the queue push's release.
-    s.store64(rec + R_BLOB, off, _core.RELAXED)
-    s.store64(rec + R_BLOB_LEN, n, _core.RELAXED)
+    _store_blob(s, arena, rec, data)
     return F_ARGS_BLOB
 
 
@@ -240,13 +247,7 @@ def encode_result(s: _core.Shared, arena: Arena, rec: int, value) -> int:
             f"penny: the task's return value of type {type(value).__qualname__} cannot be pickled "
             f"({type(e).__name__}: {e}); return plain data instead"
         ) from e
-    try:
-        off, n = arena.put(data)
-    except BaseException:
-        discard(data, arena)
-        raise
-    s.store64(rec + R_BLOB, off, _core.RELAXED)
-    s.store64(rec + R_BLOB_LEN, n, _core.RELAXED)
+    _store_blob(s, arena, rec, data)
     return F_RESULT_BLOB
 
 

@@ -21,7 +21,6 @@ import itertools
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 import weakref
@@ -116,7 +115,115 @@ def _default_start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-class Scheduler(cf.Executor):
+def chunked_map(fn, iterables, chunksize, workers: int, window: int, submit_chunk, timeout, progress):
+    """`map` for every backend: chunks of the zipped `iterables` (one iterable:
+    the items themselves) go to `submit_chunk(chunk) -> future of a list`, a
+    `window` of chunks ahead of the consumer; results come back in order.
+    An exception of the input is raised after the results of the items before
+    it.  The first window is submitted now; the rest as results are read."""
+    if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1):
+        raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r}")
+    sizes = _chunk_sizes(iterables, chunksize, workers)
+    source = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
+    pending: collections.deque = collections.deque()
+    failure: list = []
+
+    def submit_next() -> bool:
+        chunk: list = []
+        try:
+            chunk.extend(itertools.islice(source, next(sizes)))
+        except Exception as e:  # noqa: BLE001 - raised at its place in the results
+            failure.append(e)
+        if chunk:
+            pending.append(submit_chunk(chunk))
+        return bool(chunk) and not failure
+
+    for _ in range(window):
+        if not submit_next():
+            break
+    bar = None
+    if progress:
+        try:
+            total = min(len(it) for it in iterables)
+        except TypeError:
+            total = None
+        bar = (progress, total, f"map({getattr(fn, '__qualname__', 'fn')})")
+    return _map_results(pending, submit_next, timeout, bar, failure)
+
+
+def _map_results(pending, submit_next, timeout, bar, failure):
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    more = True
+    if bar is not None:  # made at the first next(): a map never iterated draws nothing
+        from .progress import make_bar
+
+        bar = make_bar(*bar)
+    done = False
+    try:
+        while pending:
+            fut = pending.popleft()
+            if more:
+                more = submit_next()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if bar is None:
+                yield from fut.result(left)
+            else:
+                items = fut.result(left)
+                bar.update(len(items))
+                yield from items
+        if failure:
+            raise failure[0]
+        done = True
+    finally:
+        for fut in pending:
+            fut.cancel()
+        if bar is not None:
+            bar.close(complete=done)
+
+
+def _chunk_sizes(iterables, chunksize, workers: int):
+    if chunksize is not None:
+        return itertools.repeat(chunksize)
+    try:
+        n = min(len(it) for it in iterables)
+    except TypeError:
+        return itertools.chain((16, 32, 64, 128, 256, 512), itertools.repeat(1024))
+    # About 8 chunks per worker, at most MAP_MAX_CHUNK items each: the window
+    # of chunks in flight then never holds much of a huge input.
+    return itertools.repeat(max(1, min(config.MAP_MAX_CHUNK, -(-n // (8 * workers)))))
+
+
+class Frontend(cf.Executor):
+    """What every backend's scheduler shares: being the current scheduler, the
+    context manager, and refusing to be pickled."""
+
+    def _make_current(self) -> None:
+        global _current
+        _current = weakref.ref(self)
+
+    def __enter__(self):
+        self._make_current()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.shutdown(wait=True)
+        elif issubclass(exc_type, Exception):
+            self.shutdown(wait=True, cancel_futures=True)
+        else:  # KeyboardInterrupt, SystemExit: do not wait for running tasks
+            self._abort()
+        return False
+
+    def __reduce__(self):
+        raise TypeError(
+            "penny: a Scheduler cannot be sent to a task or another process; "
+            "inside a task, use penny.spawn/penny.sync (or return data to the caller)"
+        )
+
+
+class Scheduler(Frontend):
     """A pool of worker processes with work-stealing deques in shared memory.
 
     ``Scheduler(workers=None, functions=None, start_method=None)``: `workers`
@@ -229,10 +336,6 @@ class Scheduler(cf.Executor):
         _live.add(self)
         _install_sigterm()
         self._make_current()
-
-    def _make_current(self) -> None:
-        global _current
-        _current = weakref.ref(self)
 
     # ---- submitting ---------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
@@ -379,79 +482,9 @@ class Scheduler(cf.Executor):
         fid = self._functions.id_for(fn)
         # One iterable: send the items themselves (not 1-tuples) and map over them.
         chunk_fid = self._functions.id_for(run_chunk1 if len(iterables) == 1 else run_chunk)
-        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
-            raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r}")
-        sizes = self._chunk_sizes(iterables, chunksize)
-        source = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
         window = max(4, 4 * self._layout.workers)
-        pending: collections.deque = collections.deque()
-
-        failure: list = []  # an exception of the input: raised after the results before it
-
-        def submit_next() -> bool:
-            chunk: list = []
-            try:
-                chunk.extend(itertools.islice(source, next(sizes)))
-            except Exception as e:  # noqa: BLE001 - raised at its place in the results
-                failure.append(e)
-            if chunk:
-                pending.append(self._submit(chunk_fid, (fid, chunk), None))
-            return bool(chunk) and not failure
-
-        for _ in range(window):
-            if not submit_next():
-                break
-        bar = None
-        if progress:
-            try:
-                total = min(len(it) for it in iterables)
-            except TypeError:
-                total = None
-            bar = (progress, total, f"map({getattr(fn, '__qualname__', 'fn')})")
-        return self._map_results(pending, submit_next, timeout, bar, failure)
-
-    @staticmethod
-    def _map_results(pending, submit_next, timeout, bar=None, failure=()):
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        more = True
-        if bar is not None:  # made at the first next(): a map never iterated draws nothing
-            from .progress import make_bar
-
-            bar = make_bar(*bar)
-        done = False
-        try:
-            while pending:
-                fut = pending.popleft()
-                if more:
-                    more = submit_next()
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if bar is None:
-                    yield from fut.result(left)
-                else:
-                    items = fut.result(left)
-                    bar.update(len(items))
-                    yield from items
-            if failure:
-                raise failure[0]
-            done = True
-        finally:
-            for fut in pending:
-                fut.cancel()
-            if bar is not None:
-                bar.close(complete=done)
-
-    def _chunk_sizes(self, iterables, chunksize):
-        if chunksize is not None:
-            return itertools.repeat(chunksize)
-        try:
-            n = min(len(it) for it in iterables)
-        except TypeError:
-            return itertools.chain((16, 32, 64, 128, 256, 512), itertools.repeat(1024))
-        # About 8 chunks per worker, at most MAP_MAX_CHUNK items each: the window
-        # of chunks in flight then never holds much of a huge input.
-        return itertools.repeat(max(1, min(config.MAP_MAX_CHUNK, -(-n // (8 * self._layout.workers)))))
+        return chunked_map(fn, iterables, chunksize, self._layout.workers, window,
+                           lambda chunk: self._submit(chunk_fid, (fid, chunk), None), timeout, progress)
 
     # ---- collecting -----------------------------------------------------------
     def _collect_loop(self) -> None:
@@ -621,25 +654,6 @@ class Scheduler(cf.Executor):
             _live.discard(self)
             self._torn_down.set()
 
-    def __enter__(self):
-        self._make_current()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.shutdown(wait=True)
-        elif issubclass(exc_type, Exception):
-            self.shutdown(wait=True, cancel_futures=True)
-        else:  # KeyboardInterrupt, SystemExit: do not wait for running tasks
-            self._abort()
-        return False
-
-    def __reduce__(self):
-        raise TypeError(
-            "penny: a Scheduler cannot be sent to a task or another process; "
-            "inside a task, use penny.spawn/penny.sync (or return data to the caller)"
-        )
-
     # ---- shared arrays ----------------------------------------------------------
     def shared_array(self, shape, dtype="f8", fill=None):
         """A NumPy array of `shape` and `dtype` in this scheduler's shared memory,
@@ -654,9 +668,7 @@ class Scheduler(cf.Executor):
         """A shared copy of an existing array (anything ``numpy.asarray`` takes),
         or, for bytes-like `data` without NumPy, of its bytes (a memoryview)."""
         self._check_open()
-        if isinstance(data, (bytes, bytearray, memoryview)) and not _is_ndarray(data):
-            return shared.share_bytes(self._arena, data)
-        return shared.share_array(self._arena, data)
+        return shared.share_any(self._arena, data)
 
     def shared_buffer(self, nbytes: int) -> memoryview:
         """A writable memoryview of `nbytes` in shared memory (no NumPy needed);
@@ -739,11 +751,6 @@ class Executor(Scheduler):
 
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None, **kwargs):
         super().__init__(max_workers, start_method=start_method, **kwargs)
-
-
-def _is_ndarray(x) -> bool:
-    np = sys.modules.get("numpy")
-    return np is not None and isinstance(x, np.ndarray)
 
 
 def _install_sigterm() -> None:

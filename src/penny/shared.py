@@ -81,6 +81,15 @@ def new_buffer(arena, nbytes: int, data=None) -> memoryview:
     return mv
 
 
+def share_any(arena, data):
+    """A shared copy of `data`: an array for anything NumPy takes, a memoryview
+    for bytes-like data that is not a NumPy array."""
+    np = sys.modules.get("numpy")
+    if isinstance(data, (bytes, bytearray, memoryview)) and not (np is not None and isinstance(data, np.ndarray)):
+        return share_bytes(arena, data)
+    return share_array(arena, data)
+
+
 def share_bytes(arena, data) -> memoryview:
     src = memoryview(data).cast("B")
     return new_buffer(arena, src.nbytes, src)
@@ -238,10 +247,7 @@ def shared_array(shape, dtype="f8", fill=None):
 
 def share(data):
     """`Scheduler.share` of the scheduler running this task (or the current one)."""
-    np = sys.modules.get("numpy")
-    if isinstance(data, (bytes, bytearray, memoryview)) and not (np is not None and isinstance(data, np.ndarray)):
-        return share_bytes(_current_arena(), data)
-    return share_array(_current_arena(), data)
+    return share_any(_current_arena(), data)
 
 
 def shared_buffer(nbytes: int) -> memoryview:

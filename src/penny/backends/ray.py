@@ -53,12 +53,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 from concurrent.futures._base import PENDING
-import itertools
 import re
 import socket
 import threading
 import time
-import weakref
 
 try:
     import ray
@@ -67,7 +65,7 @@ except ImportError:  # the optional extra is not installed
     ray = None
     _rex = None
 
-from .. import config, fibers
+from .. import fibers
 from .. import scheduler as _sched
 from ..errors import (
     PennyError,
@@ -573,7 +571,7 @@ class RayFuture(cf.Future):
         return True
 
 
-class RayScheduler(cf.Executor):
+class RayScheduler(_sched.Frontend):
     """``penny.Scheduler(workers=None, functions=None, backend="ray", *,
     address=None, retries=1, task_options=None, **ray_init_kwargs)``.
 
@@ -635,9 +633,6 @@ class RayScheduler(cf.Executor):
         _cpus_cache[0] = 0  # a new connection: read the cluster's size afresh
         _sched._live.add(self)
         self._make_current()
-
-    def _make_current(self) -> None:
-        _sched._current = weakref.ref(self)
 
     # ---- submitting ---------------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
@@ -727,37 +722,17 @@ class RayScheduler(cf.Executor):
         if not iterables:
             raise TypeError("penny: map() needs at least one iterable")
         self._check_open()
-        if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool)
-                                      or chunksize < 1):
-            raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r}")
         workers = self.workers
-        sizes = _chunk_sizes(iterables, chunksize, workers)
         single = len(iterables) == 1
-        source = iter(iterables[0]) if single else zip(*iterables)
+
+        def submit_chunk(chunk):
+            self._check_open()
+            return self._submit(fn, (chunk,), None, 1 if single else 2)
+
         # Twice the local backend's window: a Ray round trip is 1-2 ms, so more chunks
         # must be in flight to keep every CPU busy.
-        window = max(8, 8 * workers)
-        pending: collections.deque = collections.deque()
-
-        def submit_next() -> bool:
-            chunk = list(itertools.islice(source, next(sizes)))
-            if not chunk:
-                return False
-            self._check_open()
-            pending.append(self._submit(fn, (chunk,), None, 1 if single else 2))
-            return True
-
-        for _ in range(window):
-            if not submit_next():
-                break
-        bar = None
-        if progress:
-            try:
-                total = min(len(it) for it in iterables)
-            except TypeError:
-                total = None
-            bar = (progress, total, f"map({getattr(fn, '__qualname__', 'fn')})")
-        return _map_results(pending, submit_next, timeout, bar)
+        return _sched.chunked_map(fn, iterables, chunksize, workers, max(8, 8 * workers), submit_chunk,
+                                  timeout, progress)
 
     # ---- shared arrays ------------------------------------------------------------------
     def shared_array(self, shape, dtype="f8", fill=None):
@@ -861,25 +836,6 @@ class RayScheduler(cf.Executor):
             _sched._live.discard(self)
             self._torn_down.set()
 
-    def __enter__(self):
-        self._make_current()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.shutdown(wait=True)
-        elif issubclass(exc_type, Exception):
-            self.shutdown(wait=True, cancel_futures=True)
-        else:  # KeyboardInterrupt, SystemExit: do not wait for running tasks
-            self._abort()
-        return False
-
-    def __reduce__(self):
-        raise TypeError(
-            "penny: a Scheduler cannot be sent to a task or another process; "
-            "inside a task, use penny.spawn/penny.sync (or return data to the caller)"
-        )
-
     # ---- introspection ----------------------------------------------------------------------
     @property
     def workers(self) -> int:
@@ -969,44 +925,6 @@ class _RayTrace:
         if self.path is not None:
             self.save()
         return False
-
-
-def _map_results(pending, submit_next, timeout, bar=None):
-    deadline = None if timeout is None else time.monotonic() + timeout
-    more = True
-    if bar is not None:  # made at the first next(): a map never iterated draws nothing
-        from ..progress import make_bar
-
-        bar = make_bar(*bar)
-    done = False
-    try:
-        while pending:
-            fut = pending.popleft()
-            if more:
-                more = submit_next()
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            items = fut.result(left)
-            if bar is not None:
-                bar.update(len(items))
-            yield from items
-        done = True
-    finally:
-        for fut in pending:
-            fut.cancel()
-        if bar is not None:
-            bar.close(complete=done)
-
-
-def _chunk_sizes(iterables, chunksize, workers):
-    """As the local backend: about 8 chunks per worker when the length is known,
-    else sizes growing from 16 to 1024."""
-    if chunksize is not None:
-        return itertools.repeat(chunksize)
-    try:
-        n = min(len(it) for it in iterables)
-    except TypeError:
-        return itertools.chain((16, 32, 64, 128, 256, 512), itertools.repeat(1024))
-    return itertools.repeat(max(1, min(config.MAP_MAX_CHUNK, -(-n // (8 * workers)))))
 
 
 def _gcs_address() -> str | None:
