@@ -79,7 +79,7 @@ if os.path.dirname(os.path.abspath(tasks.__file__)) != BENCH_DIR:
 
 import penny
 from penny import _core
-from penny.layout import (
+from penny.shm.layout import (
     H_TASK_FREE,
     INLINE_SIZE,
     R_FN,
@@ -90,8 +90,8 @@ from penny.layout import (
     RECORD_SIZE,
     Layout,
 )
-from penny.region import Region
-from penny.tasks import GEN_MASK, TaskTable
+from penny.shm.region import Region
+from penny.shm.tasks import GEN_MASK, TaskTable
 
 perf = time.perf_counter
 perf_ns = time.perf_counter_ns

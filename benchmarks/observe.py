@@ -34,9 +34,9 @@ import fj_tasks as T  # noqa: E402
 import tasks  # noqa: E402
 
 import penny  # noqa: E402
-from penny import trace  # noqa: E402
-from penny.layout import Layout  # noqa: E402
-from penny.region import Region  # noqa: E402
+from penny.trace import export as trace  # noqa: E402
+from penny.shm.layout import Layout  # noqa: E402
+from penny.shm.region import Region  # noqa: E402
 
 
 def empty_round(s, n):

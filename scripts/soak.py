@@ -191,7 +191,7 @@ class Killer(threading.Thread):
 def dump_records(sched, lost_nodes: set, log_path: str) -> None:
     """Diagnostics for lost futures: every task record that is not free (internal layout)."""
     try:
-        from penny import layout as L
+        from penny.shm import layout as L
 
         s, tasks = sched._s, sched._tasks
         runs, pids, _ = read_log(log_path)

@@ -135,11 +135,11 @@ def no_leaked_processes():
     """After the test: no new process under this one except multiprocessing's
     shared helpers and the workers of schedulers opened before the test
     (wider-scoped fixtures); a scheduler the test left open counts as a leak."""
-    from penny import scheduler as _scheduler
+    from penny import _context
 
     me = os.getpid()
     before = helpers.descendants(me)
-    older = list(_scheduler._live)
+    older = list(_context.live)
     yield
 
     def leaked():

@@ -222,7 +222,7 @@ def sleep_then(seconds, value):
 
 def submit_from_task(x, timeout=30.0):
     """Calls the scheduler API from inside a task."""
-    from penny.scheduler import current_scheduler
+    from penny._context import current_scheduler
 
     return current_scheduler().submit(add, x, 1).result(timeout)
 

@@ -146,7 +146,7 @@ def pfor_mark(lo, hi):
     directory named after the scheduler's main process."""
     import os
 
-    from penny import worker
+    from penny.runtime import worker
 
     open(os.path.join(pfor_dir(worker.current.main_pid), f"{lo}-{hi}"), "w").close()
 

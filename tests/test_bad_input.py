@@ -30,7 +30,7 @@ from penny import (
     WorkerCrashedError,
 )
 from penny.errors import RemoteTraceback
-from penny.marshal import ArgumentUnpicklingError
+from penny.wire.marshal import ArgumentUnpicklingError
 from tests import crash_tasks as ct
 from tests import helpers as h
 

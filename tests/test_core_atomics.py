@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from penny import _core
-from penny.layout import INLINE_SIZE
+from penny.shm.layout import INLINE_SIZE
 from tests.procs import join_all as procs_join_all
 
 SIZE = 4096

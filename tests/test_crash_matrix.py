@@ -44,7 +44,7 @@ import pytest
 import penny
 from penny import WorkerCrashedError
 from penny.errors import RemoteTraceback
-from penny.marshal import ArgumentUnpicklingError, ResultPicklingError
+from penny.wire.marshal import ArgumentUnpicklingError, ResultPicklingError
 from tests import crash_tasks as ct
 from tests import helpers as h
 

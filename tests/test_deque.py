@@ -21,8 +21,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from penny import _core, deque
-from penny.deque import EMPTY, RETRY, Stealer, Worker
+from penny import _core
+from tests import deque
+from tests.deque import EMPTY, RETRY, Stealer, Worker
 from tests.procs import join_all
 
 FORK = multiprocessing.get_context("fork")

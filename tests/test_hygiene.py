@@ -21,7 +21,7 @@ import time
 import pytest
 
 from penny import Scheduler, WorkerCrashedError
-from penny.layout import W_PID
+from penny.shm.layout import W_PID
 from tests import helpers as h
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")

@@ -20,8 +20,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from penny import _core, injector
-from penny.injector import Injector
+from penny import _core
+from tests import injector
+from tests.injector import Injector
 from tests.procs import join_all
 
 FORK = multiprocessing.get_context("fork")

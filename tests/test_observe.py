@@ -13,9 +13,11 @@ import types
 import pytest
 
 import penny
-from penny import _core, progress, trace
-from penny.layout import H_TRACE, STAT_NAMES, T_HEAD, Layout
-from penny.region import Region
+from penny import _core
+from penny.frontend import progress
+from penny.trace import export, recorder, rings
+from penny.shm.layout import H_TRACE, STAT_NAMES, T_HEAD, Layout
+from penny.shm.region import Region
 from tests import helpers
 from tests import observe_tasks as ot
 
@@ -145,15 +147,15 @@ def test_ring_reader_survives_wrap_and_overwrite():
     try:
         fake = types.SimpleNamespace(_s=region.shared, _layout=lay, _recorders=set(), _method="fork",
                                      _functions=types.SimpleNamespace(_by_id={}))
-        rec = trace.Recorder(fake)
+        rec = recorder.Recorder(fake)
         rec.begin()
         assert region.shared.load32(H_TRACE, _core.RELAXED) == 1
-        w = trace.TraceWriter(region.shared, lay, 0)
+        w = rings.TraceWriter(region.shared, lay, 0)
         for i in range(5):
-            w.emit(trace.STEAL, 0, i)
+            w.emit(rings.STEAL, 0, i)
         rec._poll()
         for i in range(5, 25):
-            w.emit(trace.STEAL, 0, i)
+            w.emit(rings.STEAL, 0, i)
         rec._poll()
         rec.stop()
         assert region.shared.load32(H_TRACE, _core.RELAXED) == 0
@@ -176,7 +178,7 @@ def test_timeline_png(make_sched, tmp_path):
         s.run(ot.sleepy_children, 4, 0.02)
         [f.result(60) for f in [s.submit(ot.nap, 0.01) for _ in range(10)]]
     png = tmp_path / "timeline.png"
-    trace.plot_timeline(rec.chrome(), png)
+    export.plot_timeline(rec.chrome(), png)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
 

@@ -21,9 +21,10 @@ import time
 
 import pytest
 
-from penny import _core, injector
-from penny.injector import Injector
-from penny.parking import AWAKE, NOTIFIED, SLEEPING, SLEEPY, Notifier, Parker, wake_all
+from penny import _core
+from tests import injector
+from tests.injector import Injector
+from penny.shm.parking import AWAKE, NOTIFIED, SLEEPING, SLEEPY, Notifier, Parker, wake_all
 from tests.procs import join_all
 
 FORK = multiprocessing.get_context("fork")

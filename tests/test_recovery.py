@@ -12,7 +12,7 @@ import time
 import pytest
 
 import penny
-from penny.layout import R_STATE, S_FREE
+from penny.shm.layout import R_STATE, S_FREE
 
 from . import recovery_tasks as rt
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from penny import _core
-from penny.arena import Arena
-from penny.layout import (
+from penny.shm.arena import Arena
+from penny.shm.layout import (
     ARENA_MIN_SHIFT,
     BLOCK_HEADER,
     LINE,
@@ -32,8 +32,8 @@ from penny.layout import (
     ref_generation,
     ref_index,
 )
-from penny.region import Region
-from penny.tasks import GEN_MASK, TaskTable
+from penny.shm.region import Region
+from penny.shm.tasks import GEN_MASK, TaskTable
 from tests.procs import join_all
 
 FORK = multiprocessing.get_context("fork")
@@ -447,8 +447,8 @@ def test_alloc_hands_out_every_record_once_then_zero(table):
 
 
 def test_record_offsets(table):
-    assert table.record(0) == table.base
-    assert table.record(3) == table.base + 3 * RECORD_SIZE
+    assert table.record_at(0) == table.base
+    assert table.record_at(3) == table.base + 3 * RECORD_SIZE
 
 
 def test_status_transitions(table):
@@ -486,7 +486,7 @@ def test_generation_wraps_below_2_31(table):
     ref = table.alloc()
     i = ref_index(ref)
     last = make_ref(i, GEN_MASK)
-    table.s.store64(table.record(i) + R_STATE, (S_DONE << 32) | GEN_MASK)
+    table.s.store64(table.record_at(i) + R_STATE, (S_DONE << 32) | GEN_MASK)
     assert table.status(last) == S_DONE
     table.free(last)
     again = table.alloc()
@@ -582,7 +582,7 @@ def test_task_records_are_allocated_exactly_once_across_processes(region):
 
 def _check_extents(a):
     """Walk the large area: boundary tags, the free list, the counters."""
-    from penny.layout import (H_LARGE_CACHED, H_LARGE_FREE, H_LARGE_LAST, H_LARGE_TOP, H_LARGE_USED,
+    from penny.shm.layout import (H_LARGE_CACHED, H_LARGE_FREE, H_LARGE_LAST, H_LARGE_TOP, H_LARGE_USED,
                               PAGE, X_ALLOCATED, X_COMMITTED, X_FREE, X_NEXT_FREE, X_PREV, X_SIZE, X_STATE)
     s = a.s
     top = s.load64(H_LARGE_TOP)

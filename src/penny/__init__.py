@@ -19,6 +19,7 @@ import logging as _logging
 # Records go to "penny" and its children ("penny.supervisor", "penny.worker", ...).
 _logging.getLogger("penny").addHandler(_logging.NullHandler())
 
+from ._version import __version__  # noqa: E402
 from .errors import (  # noqa: E402
     NotImportableError,
     PennyError,
@@ -27,11 +28,22 @@ from .errors import (  # noqa: E402
     UnknownFunctionError,
     WorkerCrashedError,
 )
-from .fibers import Handle, join, parallel_for, spawn, sync
-from .scheduler import Executor, Scheduler
-from .shared import share, shared_array, shared_buffer
+from .frontend.api import Handle, join, parallel_for, spawn, sync  # noqa: E402
+from .frontend.base import register_backend as _register_backend  # noqa: E402
+from .frontend.executor import Executor  # noqa: E402
+from .frontend.scheduler import Scheduler  # noqa: E402
+from .wire.shared import share, shared_array, shared_buffer  # noqa: E402
 
-__version__ = "0.1.0"
+
+def _ray_scheduler(*args, **kwargs):
+    """Scheduler(backend="ray"): imported on first use (Ray is optional)."""
+    from .backends.ray import RayScheduler
+
+    return RayScheduler(*args, **kwargs)
+
+
+# The package is the top layer: it tells the frontend which backends exist.
+_register_backend("ray", _ray_scheduler)
 
 __all__ = [
     "Executor",

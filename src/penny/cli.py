@@ -417,7 +417,7 @@ def plot_bench(summary: list, path, quick: bool = False) -> str:
 
 # ---- trace --------------------------------------------------------------------------
 def cmd_trace(args) -> int:
-    from . import trace as tr
+    from .trace import export as tr
 
     try:
         data = tr.load(args.file)
@@ -475,7 +475,7 @@ def cmd_info(args) -> int:
     except Exception as e:  # noqa: BLE001 - e.g. the native core failed to load
         version, where = f"cannot import penny: {type(e).__name__}: {e}", "-"
     try:
-        from penny import scheduler
+        from penny.frontend import scheduler
 
         default_method = scheduler._default_start_method()
     except Exception:  # noqa: BLE001
@@ -499,7 +499,8 @@ def cmd_info(args) -> int:
     rows += [(name, _optional(name)) for name in
              ("greenlet", "numpy", "tqdm", "rich", "matplotlib", "joblib", "ray", "dask", "distributed")]
     try:
-        from penny import config, progress
+        from penny import config
+        from penny.frontend import progress
 
         rows.append(("progress bars", f"{progress.backend_name()} (progress=True; PENNY_PROGRESS=tqdm|rich|text)"))
         rows.append(("trace rings", f"{config.TRACE_EVENTS:,} events per worker (Scheduler(trace_buffer=N))"))

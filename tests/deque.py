@@ -14,7 +14,7 @@ nothing is ever dropped.  Orderings follow Le, Pop, Cohen and Zappa Nardelli
 
 from __future__ import annotations
 
-from . import _core
+from penny import _core
 
 EMPTY = _core.EMPTY   # 0: the deque was empty
 RETRY = _core.RETRY   # -1: lost a race; try again (or another victim)

@@ -15,7 +15,7 @@ import _thread
 import concurrent.futures as cf
 from concurrent.futures._base import PENDING
 
-from .layout import S_RUNNING
+from ..shm.layout import S_RUNNING
 
 
 class _Condition:

@@ -42,35 +42,20 @@ import signal
 import threading
 from multiprocessing.connection import wait as wait_sentinels
 
-from . import _core
-from .errors import WorkerCrashedError
-from . import marshal
-from .layout import (
+from .. import _core
+from ..errors import WorkerCrashedError
+from ..shm.layout import (
     F_ARGS_CONSUMED,
     F_DEAD,
-    F_RESULT_BLOB,
     F_SUSPENDED,
-    H_SCRATCH,
-    R_BLOB,
-    R_BLOB_LEN,
-    R_JOIN,
-    R_OWNER,
-    R_PARENT,
-    R_STATE,
-    S_DONE,
-    S_FAILED,
-    make_ref,
     H_SLEEPERS,
-    R_ATTEMPTS,
-    R_FLAGS,
-    RECORD_SIZE,
     S_QUEUED,
-    S_RUNNING,
     W_CURRENT,
     W_PID,
 )
-from .parking import AWAKE
-from .tasks import GEN_MASK
+from ..shm.parking import AWAKE
+from . import worker
+from .recovery import dead_tasks, doom, reap
 
 _MINUS_ONE = 0xFFFF_FFFF
 log = logging.getLogger("penny.supervisor")
@@ -86,62 +71,6 @@ def describe_exit(code) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
-
-
-def dead_tasks(s, lay, tasks, w: int) -> list[int]:
-    """Refs of the tasks that were RUNNING on worker `w` (its current task, the
-    inline ancestors on its stacks, its suspended continuations)."""
-    out = []
-    load64, load32 = s.load64, s.load32
-    base = tasks.base
-    for i in range(lay.task_capacity):
-        rec = base + i * RECORD_SIZE
-        word = load64(rec + R_STATE, _core.ACQUIRE)
-        if word >> 32 == S_RUNNING and load32(rec + R_OWNER, _core.RELAXED) == w:
-            out.append(make_ref(i, word & GEN_MASK))
-    return out
-
-
-def doom(s, tasks, arena, ref: int, why: str) -> None:
-    """Store `WorkerCrashedError(why)` as the outcome of dead task `ref` now
-    (its arguments, or a result it had written before dying, are released),
-    and mark it F_DEAD, so that whoever reaps it later (perhaps the worker that
-    replaced a replacement) reports the death that actually killed it."""
-    rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
-    flags = s.load32(rec + R_FLAGS, _core.RELAXED)
-    if flags & F_DEAD:
-        return
-    marshal.release_args(s, arena, rec, flags)
-    if flags & F_RESULT_BLOB:  # it died after writing its result, before publishing it
-        marshal.free_blob(arena, s.load64(rec + R_BLOB, _core.RELAXED), s.load64(rec + R_BLOB_LEN, _core.RELAXED))
-    rflags = marshal.encode_exception(s, arena, rec, WorkerCrashedError(why))
-    s.store32(rec + R_FLAGS, (flags & ~F_RESULT_BLOB) | F_ARGS_CONSUMED | F_DEAD | rflags, _core.RELAXED)
-
-
-def reap(s, lay, tasks, arena, ref: int, why: str) -> None:
-    """Complete dead task `ref`, whose children have all finished, with its
-    WorkerCrashedError (stored by `doom`; `why` if it was not): free the
-    records of children it never read and route it to its parent or the main
-    process.  Runs in the supervisor, or in the replacement worker when the
-    last child finished after the recovery."""
-    rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
-    for i in range(lay.task_capacity):
-        child = tasks.base + i * RECORD_SIZE
-        if s.load64(child + R_PARENT, _core.RELAXED) != ref:
-            continue
-        word = s.load64(child + R_STATE, _core.ACQUIRE)
-        if word >> 32 in (S_DONE, S_FAILED):
-            cflags = s.load32(child + R_FLAGS, _core.RELAXED)
-            if cflags & F_RESULT_BLOB:
-                marshal.free_blob(arena, s.load64(child + R_BLOB, _core.RELAXED),
-                                  s.load64(child + R_BLOB_LEN, _core.RELAXED))
-            tasks.free(make_ref(i, word & GEN_MASK))
-    doom(s, tasks, arena, ref, why)
-    flags = s.load32(rec + R_FLAGS, _core.RELAXED)
-    s.store32(rec + R_FLAGS, flags & ~(F_SUSPENDED | F_DEAD), _core.RELAXED)
-    # Status (release: the outcome first) and routing in one call; current_off
-    # is a scratch word nobody reads (the task is nobody's current any more).
-    s.settle(ref, S_FAILED, H_SCRATCH)
 
 
 class Supervisor:
@@ -162,14 +91,12 @@ class Supervisor:
     def start_workers(self) -> None:
         if self.ctx.get_start_method() == "forkserver":
             # Workers fork from a server that already imported Penny: fast starts.
-            self.ctx.set_forkserver_preload(["penny.worker"])
+            self.ctx.set_forkserver_preload(["penny.runtime.worker"])
         for w in range(len(self.procs)):
             self._start(w)
         self._thread.start()
 
     def _start(self, w: int) -> None:
-        from . import worker
-
         sched = self.sched
         seed = None if self.seed is None else self.seed * 1_000_003 + w
         p = self.ctx.Process(
@@ -229,12 +156,12 @@ class Supervisor:
             cur = 0
         while s.queue_pop(lay.inbox(w)) > 0:
             pass  # continuations ready to resume: handled by the scan below
-        for ref in dead_tasks(s, lay, tasks, w):
-            rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
-            flags = s.load32(rec + R_FLAGS, _core.RELAXED)
-            join = s.load32(rec + R_JOIN, _core.ACQUIRE)
+        for ref in dead_tasks(tasks, w):
+            rec = tasks.record(ref)
+            flags = tasks.flags(rec)
+            join = tasks.join(rec)
             if ref == cur and join == 1 and not flags & F_SUSPENDED:
-                started = s.fetch_add32(rec + R_ATTEMPTS, 1, _core.RELAXED) + 1
+                started = tasks.count_start(rec)
                 intact = not flags & F_ARGS_CONSUMED
                 if intact and started <= sched._retries:
                     tasks.set_status(ref, S_QUEUED)
@@ -252,17 +179,16 @@ class Supervisor:
                        f"{'suspended in sync' if flags & F_SUSPENDED else 'running'} on it (its Python frame is lost)")
             if not flags & F_DEAD:  # else an earlier death of this slot doomed it already
                 log.warning("penny: task %#x fails with WorkerCrashedError: %s", ref, why)
-                doom(s, tasks, sched._arena, ref, why)
+                doom(tasks, sched._arena, ref, why)
             if join == 0:
-                reap(s, lay, tasks, sched._arena, ref, why)
+                reap(tasks, sched._arena, ref, why)
             elif not flags & F_SUSPENDED:
                 # Give up its token for it, marked first (the mark means "the
                 # token is gone"), so that a later death of this slot, while
                 # the task still waits here for its children, leaves it alone.
-                flags = s.load32(rec + R_FLAGS, _core.RELAXED)  # as doom left them
-                s.store32(rec + R_FLAGS, flags | F_SUSPENDED, _core.RELAXED)
-                if s.fetch_add32(rec + R_JOIN, _MINUS_ONE, _core.ACQ_REL) == 1:
-                    reap(s, lay, tasks, sched._arena, ref, why)
+                tasks.set_flags(rec, tasks.flags(rec) | F_SUSPENDED)  # flags as doom left them
+                if tasks.drop_join(rec) == 1:
+                    reap(tasks, sched._arena, ref, why)
             # Else children are still running: the last one to finish posts this
             # task to worker w's inbox, and w's replacement reaps it (worker.py).
         s.store64(sl + W_CURRENT, 0, _core.RELAXED)

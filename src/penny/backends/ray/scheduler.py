@@ -65,9 +65,9 @@ except ImportError:  # the optional extra is not installed
     ray = None
     _rex = None
 
-from .. import fibers
-from .. import scheduler as _sched
-from ..errors import (
+from ... import _context
+from ...frontend.base import Frontend, chunked_map
+from ...errors import (
     PennyError,
     RemoteTraceback,
     SchedulerClosedError,
@@ -75,8 +75,8 @@ from ..errors import (
     UnknownFunctionError,
     WorkerCrashedError,
 )
-from ..futures import _Condition
-from ..registry import validate_static
+from ...frontend.futures import _Condition
+from ...shm.registry import validate_static
 
 __all__ = ["RayScheduler", "RayFuture", "RayHandle", "ClusterUnreachableError", "RayUnavailableError",
            "ReadOnlyArrayError"]
@@ -240,10 +240,10 @@ def _execute(fn, settings, args, kwargs):
     installed, then the implicit sync.  Returns the value, or ``_Counted(value,
     tasks)`` when children ran."""
     ctx = _TaskContext(settings)
-    local = _sched._task_context
+    local = _context.task_context
     prev = getattr(local, "scheduler", None)
     local.scheduler = ctx
-    spawned = fibers._outside_spawned()  # where penny.spawn/sync outside Penny workers keep futures
+    spawned = _context.outside_spawned()  # where penny.spawn/sync outside Penny workers keep futures
     saved = spawned[:]
     del spawned[:]
     try:
@@ -571,7 +571,7 @@ class RayFuture(cf.Future):
         return True
 
 
-class RayScheduler(_sched.Frontend):
+class RayScheduler(Frontend):
     """``penny.Scheduler(workers=None, functions=None, backend="ray", *,
     address=None, retries=1, task_options=None, **ray_init_kwargs)``.
 
@@ -631,7 +631,7 @@ class RayScheduler(_sched.Frontend):
             self._owns_ray = True
         self._address = _gcs_address()
         _cpus_cache[0] = 0  # a new connection: read the cluster's size afresh
-        _sched._live.add(self)
+        _context.live.add(self)
         self._make_current()
 
     # ---- submitting ---------------------------------------------------------------
@@ -731,7 +731,7 @@ class RayScheduler(_sched.Frontend):
 
         # Twice the local backend's window: a Ray round trip is 1-2 ms, so more chunks
         # must be in flight to keep every CPU busy.
-        return _sched.chunked_map(fn, iterables, chunksize, workers, max(8, 8 * workers), submit_chunk,
+        return chunked_map(fn, iterables, chunksize, workers, max(8, 8 * workers), submit_chunk,
                                   timeout, progress)
 
     # ---- shared arrays ------------------------------------------------------------------
@@ -833,7 +833,7 @@ class RayScheduler(_sched.Frontend):
             if self._owns_ray and ray.is_initialized():
                 ray.shutdown()
         finally:
-            _sched._live.discard(self)
+            _context.live.discard(self)
             self._torn_down.set()
 
     # ---- introspection ----------------------------------------------------------------------

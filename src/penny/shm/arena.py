@@ -44,7 +44,8 @@ import mmap
 import os
 import time
 
-from . import _core, config
+from .. import _core, config
+from .._proc import process_alive as _alive
 from .layout import (
     ARENA_CLASSES,
     ARENA_MIN_SHIFT,
@@ -56,13 +57,13 @@ from .layout import (
     BLOCK_MAGIC,
     H_ARENA_BUMP,
     H_ARENA_FREE,
+    H_LARGE_CACHED,
     H_LARGE_DEFERRED,
     H_LARGE_FREE,
     H_LARGE_LAST,
     H_LARGE_LOCK,
     H_LARGE_TOP,
     H_LARGE_USED,
-    H_LARGE_CACHED,
     LARGE_CLASS,
     LINE,
     PAGE,
@@ -483,9 +484,3 @@ class Arena:
             f"{self.large_size - top} never used and {free} free in pieces (largest {largest}); "
             "pass a larger arena_max= to Scheduler or hold fewer large objects at once"
         )
-
-
-def _alive(pid: int) -> bool:
-    from .worker import process_alive
-
-    return process_alive(pid)

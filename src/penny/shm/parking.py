@@ -23,7 +23,7 @@ scans, its CAS succeeds, and step 4 fails or step 5 returns.
 
 from __future__ import annotations
 
-from . import _core
+from .. import _core
 
 AWAKE = _core.AWAKE
 SLEEPY = _core.SLEEPY

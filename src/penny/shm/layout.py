@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from . import _core
+from .. import _core
 
 MAGIC = 0x59_4E_4E_45_50_0A_0D_01  # b"\x01\r\n\nPENNY" little-endian-ish; fixed
 VERSION = 3

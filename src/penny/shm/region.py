@@ -16,7 +16,7 @@ import mmap
 import os
 import tempfile
 
-from . import _core
+from .. import _core
 from .layout import (
     H_ARENA,
     H_DEQUE,

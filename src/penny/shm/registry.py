@@ -15,8 +15,8 @@ import importlib
 import sys
 import threading
 
-from . import _core
-from .errors import NotImportableError, UnknownFunctionError
+from .. import _core
+from ..errors import NotImportableError, UnknownFunctionError
 from .layout import FN_ENTRY, FN_LEN, FN_NAME, FN_NAME_MAX, H_FN_COUNT, Layout
 
 DYNAMIC_BASE = 1 << 31

@@ -26,8 +26,9 @@ import sys
 import threading
 import time
 
-from . import _core, config
-from .layout import H_PROGRESS, PROGRESS_SLOTS
+from .. import _core, config
+from ..runtime.forkjoin import _pfor, _pfor_counted
+from ..shm.layout import H_PROGRESS, PROGRESS_SLOTS
 
 
 def backend_name() -> str:
@@ -117,8 +118,15 @@ class _Tqdm(_Bar):
 class _Rich(_Bar):
     def __init__(self, total, desc, unit):
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.text import Text
 
         class Rate(ProgressColumn):
@@ -238,8 +246,6 @@ def _give_slot(sched, off) -> None:
 
 def run_parallel_for(sched, start: int, stop: int, body, grain: int, progress) -> None:
     """parallel_for outside tasks, with a bar fed by a shared counter."""
-    from .fibers import _pfor, _pfor_counted
-
     total = stop - start
     name = getattr(body, "__qualname__", getattr(body, "__name__", "body"))
     bar = make_bar(progress, total, f"parallel_for({name})")

@@ -19,7 +19,7 @@ import copyreg
 import sys
 import threading
 
-from . import _core
+from .. import _context, _core
 
 _tls = threading.local()  # .arena: the arena being pickled into or read from
 
@@ -227,14 +227,10 @@ def lease_block(arena, off: int, nbytes: int, readonly: bool) -> _core.Lease:
 
 # ---- the public functions (inside tasks: the worker's scheduler) -----------------------
 def _current_arena():
-    from . import fibers
-
-    fork = fibers._fork
+    fork = _context.fork
     if fork is not None:  # in a worker process
         return fork.w.arena
-    from .scheduler import current_scheduler
-
-    sched = current_scheduler()
+    sched = _context.current_scheduler()
     sched._check_open()
     return sched._arena
 

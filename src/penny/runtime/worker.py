@@ -23,10 +23,10 @@ import time
 
 from greenlet import getcurrent, greenlet
 
-from . import _core, config, marshal
-from .arena import Arena
-from .fibers import ForkJoin
-from .layout import (
+from .. import _context, _core, config
+from .._proc import process_alive
+from ..shm.arena import Arena
+from ..shm.layout import (
     F_ARGS_CONSUMED,
     F_RESULT_BLOB,
     H_COLLECTOR,
@@ -34,12 +34,6 @@ from .layout import (
     H_IDLE,
     H_SHUTDOWN,
     H_SLEEPERS,
-    R_ATTEMPTS,
-    R_FLAGS,
-    R_FN,
-    R_JOIN,
-    R_PARENT,
-    RECORD_SIZE,
     S_CANCELLED,
     S_DONE,
     S_FAILED,
@@ -49,11 +43,11 @@ from .layout import (
     W_ID,
     W_PID,
 )
-from .parking import Notifier, Parker
-from .registry import FunctionTable
-from .region import RegionHandle
-from .tasks import TaskTable
-from .trace import (
+from ..shm.parking import Notifier, Parker
+from ..shm.region import RegionHandle
+from ..shm.registry import FunctionTable
+from ..shm.tasks import TaskTable
+from ..trace.rings import (
     IDLE_BEGIN,
     IDLE_END,
     INJECTED,
@@ -66,11 +60,11 @@ from .trace import (
     TraceWriter,
     tracing_requested,
 )
+from ..wire import marshal
+from .forkjoin import NEW_FIBER, ForkJoin
 
 _EMPTY = _core.EMPTY
 _RETRY = _core.RETRY
-
-NEW_FIBER = "new-fiber"  # what a suspending task sends the root greenlet
 
 # Workers log to "penny.worker" only and add no handler: under fork they use
 # the parent's logging setup, under spawn/forkserver none (records are dropped
@@ -89,9 +83,7 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (fork)
     region = handle.attach()
-    from . import scheduler
-
-    scheduler._forget_in_worker()  # after attach: under fork our descriptor is the parent's copy
+    _context.forget_in_worker()  # after attach: under fork our descriptor is the parent's copy
     watch_parent(region.main_pid)
     try:
         current = Worker(region, wid, static_functions, start_method, seed)
@@ -255,7 +247,7 @@ class Worker:
     def run_traced(self, ref: int) -> None:
         """`run_task` between a begin and an end event (tracing on)."""
         # Relaxed: the ref came from an acquire pop/steal, so its record is initialised.
-        fid = self.s.load32(self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE + R_FN, _core.RELAXED)
+        fid = self.tasks.fn(self.tasks.record(ref))
         emit = self.trace.emit
         emit(TASK_BEGIN, fid, ref)
         try:
@@ -265,10 +257,9 @@ class Worker:
 
     def resolve(self, ref: int, fid: int, flags: int, args):
         """Function and arguments of a task off the fast path (pickled, or new id)."""
-        rec = self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
         fn = self.functions.lookup(fid)
         if args is None:
-            args, kwargs = marshal.decode_args(self.s, self.arena, rec, flags)
+            args, kwargs = marshal.decode_args(self.tasks, self.arena, self.tasks.record(ref), flags)
         else:
             kwargs = marshal._NO_KWARGS
         return fn, args, kwargs
@@ -280,22 +271,22 @@ class Worker:
 
     def finish_slow(self, ref: int, flags: int, value, failed: bool) -> None:
         """Publish an outcome that needs the arena: a pickled result or an exception."""
-        s, arena = self.s, self.arena
-        rec = self.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        s, tasks, arena = self.s, self.tasks, self.arena
+        rec = tasks.record(ref)
         # From here on the arguments are gone: a crash is no longer retried.
         flags |= F_ARGS_CONSUMED
-        s.store32(rec + R_FLAGS, flags, _core.RELAXED)
-        marshal.release_args(s, arena, rec, flags)
+        tasks.set_flags(rec, flags)
+        marshal.release_args(tasks, arena, rec, flags)
         if not failed:
             try:
-                rflags = marshal.encode_result(s, arena, rec, value)
+                rflags = marshal.encode_result(tasks, arena, rec, value)
             except BaseException as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
                 value, failed = exc, True
                 del exc
         if failed:
-            rflags = marshal.encode_exception(s, arena, rec, value)
+            rflags = marshal.encode_exception(tasks, arena, rec, value)
         value = None
-        s.store32(rec + R_FLAGS, (flags & ~F_RESULT_BLOB) | rflags, _core.RELAXED)
+        tasks.set_flags(rec, (flags & ~F_RESULT_BLOB) | rflags)
         # Status (release: the result first), current cleared, routed: one call.
         s.settle(ref, S_FAILED if failed else S_DONE, self.current)
 
@@ -306,18 +297,14 @@ class Worker:
         ref = tasks.alloc()
         if not ref:
             return 0
-        rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        rec = tasks.record(ref)
         try:
-            flags = marshal.encode_args(s, self.arena, rec, args, kwargs)
+            flags = marshal.encode_args(tasks, self.arena, rec, args, kwargs)
         except BaseException:
             tasks.free(ref)
             raise
-        s.store32(rec + R_FN, fid, _core.RELAXED)
-        s.store32(rec + R_FLAGS, flags, _core.RELAXED)
-        s.store64(rec + R_PARENT, parent, _core.RELAXED)
-        s.store32(rec + R_ATTEMPTS, 0, _core.RELAXED)
-        prec = tasks.base + ((parent & 0xFFFF_FFFF) - 1) * RECORD_SIZE
-        s.fetch_add32(prec + R_JOIN, 1, _core.RELAXED)  # see Shared.spawn
+        tasks.prepare(rec, fid, flags, parent)
+        s.fetch_add32(tasks.join_offset(tasks.record(parent)), 1, _core.RELAXED)  # see Shared.spawn
         tasks.set_status(ref, S_QUEUED)
         self.push(ref)
         self.wake_worker.notify_one(self.wid + 1)
@@ -461,21 +448,6 @@ class Worker:
         if on and not self.tracing:
             self.trace.emit(START, os.getpid())
         self.tracing = on
-
-
-def process_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, dead but not reaped, counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
 
 
 def watch_parent(pid: int) -> None:

@@ -38,21 +38,27 @@ a child nobody synced fails the parent.
 
 from __future__ import annotations
 
-import threading
-
 from greenlet import getcurrent
 
-from . import _core, config, marshal
-from .errors import PennyError
-from .layout import F_SUSPENDED, H_IDLE, R_FLAGS, R_JOIN, R_OWNER, RECORD_SIZE, S_DONE, S_FAILED, S_RUNNING
-from .trace import PUBLISH, RESUME, SUSPEND
+from .. import _context, _core, config
+from ..errors import PennyError
+from ..shm.layout import (
+    F_SUSPENDED,
+    H_IDLE,
+    S_DONE,
+    S_FAILED,
+    S_RUNNING,
+)
+from ..trace.rings import PUBLISH, RESUME, SUSPEND
+from ..wire import marshal
+from .recovery import reap
 
 #: A child spawned by the running task (implemented in C: _core.Handle).
 Handle = _core.Handle
 _PRIVATE, _PUBLISHED, _DONE = 0, 1, 2
 
-#: This process's ForkJoin when it is a worker (None in the main process).
-_fork: "ForkJoin | None" = None
+#: What a suspending task sends the root greenlet (Worker.run): "start a new loop fiber".
+NEW_FIBER = "new-fiber"
 
 
 class ForkJoin(_core.ForkCore):
@@ -64,9 +70,8 @@ class ForkJoin(_core.ForkCore):
     """
 
     def __init__(self, worker):
-        global _fork
         super().__init__(worker.s, H_IDLE, worker.own, config.MAX_INLINE_DEPTH)
-        _fork = self
+        _context.fork = self
         self.bind()
         self.w = worker
         self.s = worker.s
@@ -161,18 +166,17 @@ class ForkJoin(_core.ForkCore):
     def wait_all(self, parent: int, help: bool = True) -> None:
         """Until every published child of task `parent` has finished."""
         w = self.w
-        join = w.tasks.base + ((parent & 0xFFFF_FFFF) - 1) * RECORD_SIZE + R_JOIN
-        load32 = self.s.load32
-        # Acquire: pairs with the children's acq_rel decrements (their results).
-        while load32(join, _core.ACQUIRE) > 1:
+        rec = w.tasks.record(parent)
+        join = w.tasks.join  # acquire: pairs with the children's acq_rel decrements (their results)
+        while join(rec) > 1:
             if not help or self.depth >= self.max_depth:
                 break
             ref = self.s.pop_child(w.own, parent, w.current)
             if not ref:
                 break
             self.run_inline(ref)
-        if load32(join, _core.ACQUIRE) > 1:
-            self.suspend(parent, join)
+        if join(rec) > 1:
+            self.suspend(parent, rec)
 
     def run_inline(self, ref: int) -> None:
         self.depth += 1
@@ -187,15 +191,15 @@ class ForkJoin(_core.ForkCore):
     def take(self, h) -> None:
         """Read a finished published child's outcome into its handle and free its record."""
         w = self.w
-        s, tasks = self.s, w.tasks
-        rec = tasks.base + ((h.ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        tasks = w.tasks
+        rec = tasks.record(h.ref)
         st = tasks.status(h.ref)  # acquire: pairs with the child's release
-        flags = s.load32(rec + R_FLAGS, _core.RELAXED)
+        flags = tasks.flags(rec)
         try:
             if st == S_DONE:
-                h.value = marshal.decode_result(s, w.arena, rec, flags)
+                h.value = marshal.decode_result(tasks, w.arena, rec, flags)
             else:
-                h.value = marshal.decode_exception(s, w.arena, rec)
+                h.value = marshal.decode_exception(tasks, w.arena, rec)
                 h.failed = True
         except BaseException as e:  # noqa: BLE001 - an outcome that cannot be unpickled here
             h.value, h.failed = e, True
@@ -236,9 +240,10 @@ class ForkJoin(_core.ForkCore):
         return first
 
     # ---- fibers ----------------------------------------------------------------------
-    def suspend(self, parent: int, join: int) -> None:
-        """Park this fiber until every published child of `parent` has finished."""
+    def suspend(self, parent: int, rec: int) -> None:
+        """Park this fiber until every published child of `parent` (record `rec`) has finished."""
         s = self.s
+        join, flags = self.w.tasks.join_offset(rec), self.w.tasks.flags_offset(rec)
         # Whatever this fiber still holds privately goes where others can run it.
         kept = []
         while True:
@@ -253,7 +258,6 @@ class ForkJoin(_core.ForkCore):
         # Mark the task suspended and give up its token (AcqRel: pairs with the
         # children's decrements); the mark tells a supervisor that finds this
         # worker dead that the token is gone (supervisor.py).
-        flags = join - R_JOIN + R_FLAGS
         if s.token_give(flags, F_SUSPENDED, join) == 1:
             # Every child finished in the meantime: no one will post us.
             del self.suspended[parent]
@@ -268,8 +272,6 @@ class ForkJoin(_core.ForkCore):
         if self.pool:
             self.pool.pop().switch()
         else:
-            from .worker import NEW_FIBER
-
             self.root.switch(NEW_FIBER)  # the root starts a fresh loop fiber
         # Resumed by our own loop: all children are done, the count is 0.
         self.task, self.depth = saved
@@ -281,14 +283,11 @@ class ForkJoin(_core.ForkCore):
         the worker this one replaced, whose last child has just finished.  Its
         frame died with that worker: fail it (supervisor.reap).  A stale ref
         (the record was reaped and recycled meanwhile) is ignored."""
-        from .supervisor import reap
-
         w = self.w
-        rec = w.tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
-        s = self.s
-        if (w.tasks.status(ref) == S_RUNNING and s.load32(rec + R_OWNER, _core.RELAXED) == w.wid
-                and s.load32(rec + R_JOIN, _core.ACQUIRE) == 0):
-            reap(s, w.lay, w.tasks, w.arena, ref,
+        tasks = w.tasks
+        rec = tasks.record(ref)
+        if tasks.status(ref) == S_RUNNING and tasks.owner(rec) == w.wid and tasks.join(rec) == 0:
+            reap(tasks, w.arena, ref,
                  f"penny: the worker running this task (worker {w.wid}) died while it was suspended in "
                  "sync (its Python frame is lost)")
 
@@ -306,114 +305,10 @@ class ForkJoin(_core.ForkCore):
         # Back here when some task suspends and picks this fiber from the pool.
 
 
-# ---- the public functions (penny.spawn, penny.sync, penny.join, penny.parallel_for) ----
+# ---- the task behind parallel_for (runs in workers) ----------------------------------
 
 spawn = _core.spawn
 sync = _core.sync
-
-
-def _spawn_slow(fn, args, kwargs):
-    """penny.spawn outside any task: submit to the current scheduler."""
-    from .scheduler import current_scheduler
-
-    fut = current_scheduler().submit(fn, *args, **(kwargs or {}))
-    _outside_spawned().append(fut)
-    return fut
-
-
-def _sync_slow(handle):
-    """penny.sync beyond the C fast path."""
-    fork = _fork
-    if handle is not None:
-        if type(handle) is Handle:
-            if fork is None:
-                raise PennyError("penny: a task's handle can only be synced inside the task that spawned it")
-            return fork.sync(handle)
-        if hasattr(handle, "result"):
-            return handle.result()  # a Future from spawn outside tasks
-        raise TypeError(f"penny.sync: expected a handle from penny.spawn, got {type(handle).__name__}")
-    if fork is not None and fork.task:
-        err = fork.end_task(fork.task)
-        if err is not None:
-            raise err
-        return None
-    futs = _outside_spawned()
-    pending, futs[:] = list(futs), []
-    for f in pending:
-        f.result()
-    return None
-
-
-_core.set_fallbacks(_spawn_slow, _sync_slow)
-
-
-def join(a, b):
-    """Run `a` and `b`, possibly in parallel; return both results (Rayon's join).
-    Each is a callable taking no argument or a tuple ``(fn, *args)``; `b` may
-    run in another worker, so its function must be importable."""
-    fa, aa = _split(a)
-    fb, ab = _split(b)
-    fork = _fork
-    if fork is not None and fork.task:
-        h = spawn(fb, *ab)
-        try:
-            ra = fa(*aa)
-        except BaseException:
-            try:
-                sync(h)
-            except BaseException:  # noqa: BLE001 - the first exception wins
-                pass
-            raise
-        return ra, sync(h)
-    from .scheduler import current_scheduler
-
-    sched = current_scheduler()
-    fut_b = sched.submit(fb, *ab)
-    fut_a = sched.submit(fa, *aa)
-    return fut_a.result(), fut_b.result()
-
-
-def _split(x):
-    if isinstance(x, tuple):
-        if not x or not callable(x[0]):
-            raise TypeError("penny.join: a tuple argument must be (function, *args)")
-        return x[0], x[1:]
-    if not callable(x):
-        raise TypeError(f"penny.join: {x!r} is not callable")
-    return x, ()
-
-
-def parallel_for(start: int, stop: int, body, grain: int | None = None, progress=None) -> None:
-    """Call ``body(lo, hi)`` over [start, stop) split in halves recursively down to
-    `grain` items, the halves run in parallel.  Inside or outside tasks.
-
-    `progress` (outside tasks only): True, a description string or a tqdm-like
-    object shows a progress bar of the items done (progress.py)."""
-    if not (isinstance(start, int) and isinstance(stop, int)):
-        raise TypeError("penny.parallel_for: start and stop must be ints")
-    if stop <= start:
-        return None
-    fork = _fork
-    inside = fork is not None and fork.task
-    if grain is None:
-        from .scheduler import current_scheduler
-
-        workers = fork.w.lay.workers if inside else current_scheduler().workers
-        grain = max(1, (stop - start) // (8 * workers))
-    if not isinstance(grain, int) or grain < 1:
-        raise ValueError(f"penny.parallel_for: grain must be a positive int, got {grain!r}")
-    if inside:
-        if progress:
-            raise PennyError("penny.parallel_for: progress= works outside tasks only "
-                             "(the main process draws the bar)")
-        return _pfor(body, start, stop, grain)
-    from .scheduler import current_scheduler
-
-    if progress:
-        from .progress import run_parallel_for
-
-        return run_parallel_for(current_scheduler(), start, stop, body, grain, progress)
-    return current_scheduler().submit(_pfor, body, start, stop, grain).result()
 
 
 def _pfor(body, lo: int, hi: int, grain: int) -> None:
@@ -439,18 +334,7 @@ def _pfor_counted(body, lo: int, hi: int, grain: int, counter: int) -> None:
         hi = mid
     body(lo, hi)
     # Relaxed: a progress hint; the bar is completed by the result anyway.
-    _fork.s.fetch_add64(counter, hi - lo, _core.RELAXED)
+    _context.fork.s.fetch_add64(counter, hi - lo, _core.RELAXED)
     for h in reversed(handles):
         sync(h)
     return None
-
-
-_outside = threading.local()  # .futures: penny.spawn outside tasks, per thread
-
-
-def _outside_spawned() -> list:
-    try:
-        return _outside.futures
-    except AttributeError:
-        _outside.futures = []
-        return _outside.futures

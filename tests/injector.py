@@ -13,7 +13,7 @@ ref is in at most one ring at a time, so a push can never find them full:
 
 from __future__ import annotations
 
-from . import _core
+from penny import _core
 
 
 def init(shared: _core.Shared, offset: int, capacity: int) -> None:

@@ -23,26 +23,23 @@ import os
 import signal
 import threading
 import time
-import weakref
 
-from . import _core, config, marshal, parking, shared
-from . import trace as _trace
-from .arena import Arena
-from .futures import TaskFuture
-from .errors import SchedulerClosedError, TaskError, UnknownFunctionError, WorkerCrashedError
-from .layout import (
+from .. import _context, _core, config
+from ..errors import (
+    SchedulerClosedError,
+    TaskError,
+    UnknownFunctionError,
+    WorkerCrashedError,
+)
+from ..runtime.supervisor import Supervisor
+from ..shm import parking
+from ..shm.arena import Arena
+from ..shm.layout import (
     F_ARGS_BLOB,
     H_COLLECTOR,
     H_COLLECTOR_SLEEPERS,
     H_SHUTDOWN,
     H_SLEEPERS,
-    R_ATTEMPTS,
-    R_BLOB,
-    R_BLOB_LEN,
-    R_FLAGS,
-    R_FN,
-    R_PARENT,
-    RECORD_SIZE,
     S_CANCELLED,
     S_CRASHED,
     S_DONE,
@@ -51,176 +48,19 @@ from .layout import (
     STAT_NAMES,
     Layout,
 )
-from .parking import Notifier, Parker
-from .region import Region
-from .registry import FunctionTable, validate_static
-from .supervisor import Supervisor
-from .tasks import TaskTable
-
-_live: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
-_current: "weakref.ref[Scheduler] | None" = None
-_in_worker = False  # set in worker processes (worker.main): no scheduler of their own
-
-
-def _forget_in_worker() -> None:
-    """In a new worker process: the schedulers a fork copied from the main
-    process are not ours to use, and their mappings are not ours to keep
-    (unmapped here, so a scheduler's memory goes with its own shutdown)."""
-    global _in_worker, _current
-    _in_worker = True
-    for sched in list(_live):
-        region = getattr(sched, "_region", None)
-        if region is not None:
-            try:
-                region.close()
-            except Exception:  # noqa: BLE001 - best effort in a child
-                pass
-    _live.clear()
-    _current = None
-
-
-#: Set per thread by a backend's task wrapper while a task runs outside Penny's
-#: own workers (backends/ray.py): `scheduler` is then what penny.spawn, join
-#: and parallel_for submit children to.
-_task_context = threading.local()
-
-
-def current_scheduler() -> "Scheduler":
-    """The scheduler that penny.spawn/join/parallel_for use outside tasks: the
-    one whose ``with`` block is innermost, else the most recently created.
-    Inside a task run by another backend, that backend's task context."""
-    ctx = getattr(_task_context, "scheduler", None)
-    if ctx is not None:
-        return ctx
-    if _in_worker:
-        raise SchedulerClosedError(
-            "penny: a task cannot use the scheduler that runs it (it belongs to the main process): "
-            "spawn children with penny.spawn/penny.sync (or penny.join, penny.parallel_for), "
-            "or return the data and submit from the caller"
-        )
-    sched = _current() if _current is not None else None
-    if sched is None or sched._closed:
-        live = [x for x in list(_live) if not x._closed]
-        if not live:
-            raise SchedulerClosedError(
-                "penny: no running Scheduler; create one (penny.Scheduler()) before calling "
-                "penny.spawn, penny.join or penny.parallel_for outside a task"
-            )
-        sched = live[-1]
-    return sched
+from ..shm.parking import Notifier, Parker
+from ..shm.region import Region
+from ..shm.registry import FunctionTable, validate_static
+from ..shm.tasks import TaskTable
+from ..trace import recorder as _trace
+from ..wire import marshal, shared
+from .base import Frontend, chunked_map, make_backend
+from .futures import TaskFuture
 
 
 def _default_start_method() -> str:
     methods = multiprocessing.get_all_start_methods()
     return "forkserver" if "forkserver" in methods else "spawn"
-
-
-def chunked_map(fn, iterables, chunksize, workers: int, window: int, submit_chunk, timeout, progress):
-    """`map` for every backend: chunks of the zipped `iterables` (one iterable:
-    the items themselves) go to `submit_chunk(chunk) -> future of a list`, a
-    `window` of chunks ahead of the consumer; results come back in order.
-    An exception of the input is raised after the results of the items before
-    it.  The first window is submitted now; the rest as results are read."""
-    if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1):
-        raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r}")
-    sizes = _chunk_sizes(iterables, chunksize, workers)
-    source = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
-    pending: collections.deque = collections.deque()
-    failure: list = []
-
-    def submit_next() -> bool:
-        chunk: list = []
-        try:
-            chunk.extend(itertools.islice(source, next(sizes)))
-        except Exception as e:  # noqa: BLE001 - raised at its place in the results
-            failure.append(e)
-        if chunk:
-            pending.append(submit_chunk(chunk))
-        return bool(chunk) and not failure
-
-    for _ in range(window):
-        if not submit_next():
-            break
-    bar = None
-    if progress:
-        try:
-            total = min(len(it) for it in iterables)
-        except TypeError:
-            total = None
-        bar = (progress, total, f"map({getattr(fn, '__qualname__', 'fn')})")
-    return _map_results(pending, submit_next, timeout, bar, failure)
-
-
-def _map_results(pending, submit_next, timeout, bar, failure):
-    import time
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    more = True
-    if bar is not None:  # made at the first next(): a map never iterated draws nothing
-        from .progress import make_bar
-
-        bar = make_bar(*bar)
-    done = False
-    try:
-        while pending:
-            fut = pending.popleft()
-            if more:
-                more = submit_next()
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if bar is None:
-                yield from fut.result(left)
-            else:
-                items = fut.result(left)
-                bar.update(len(items))
-                yield from items
-        if failure:
-            raise failure[0]
-        done = True
-    finally:
-        for fut in pending:
-            fut.cancel()
-        if bar is not None:
-            bar.close(complete=done)
-
-
-def _chunk_sizes(iterables, chunksize, workers: int):
-    if chunksize is not None:
-        return itertools.repeat(chunksize)
-    try:
-        n = min(len(it) for it in iterables)
-    except TypeError:
-        return itertools.chain((16, 32, 64, 128, 256, 512), itertools.repeat(1024))
-    # About 8 chunks per worker, at most MAP_MAX_CHUNK items each: the window
-    # of chunks in flight then never holds much of a huge input.
-    return itertools.repeat(max(1, min(config.MAP_MAX_CHUNK, -(-n // (8 * workers)))))
-
-
-class Frontend(cf.Executor):
-    """What every backend's scheduler shares: being the current scheduler, the
-    context manager, and refusing to be pickled."""
-
-    def _make_current(self) -> None:
-        global _current
-        _current = weakref.ref(self)
-
-    def __enter__(self):
-        self._make_current()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.shutdown(wait=True)
-        elif issubclass(exc_type, Exception):
-            self.shutdown(wait=True, cancel_futures=True)
-        else:  # KeyboardInterrupt, SystemExit: do not wait for running tasks
-            self._abort()
-        return False
-
-    def __reduce__(self):
-        raise TypeError(
-            "penny: a Scheduler cannot be sent to a task or another process; "
-            "inside a task, use penny.spawn/penny.sync (or return data to the caller)"
-        )
 
 
 class Scheduler(Frontend):
@@ -239,11 +79,8 @@ class Scheduler(Frontend):
     def __new__(cls, *args, backend: str = "local", **kwargs):
         if backend == "local":
             return super().__new__(cls)
-        if backend == "ray":
-            from .backends.ray import RayScheduler
-
-            return RayScheduler(*args, **kwargs)  # not a Scheduler: __init__ is not called again
-        raise ValueError(f"penny: unknown backend {backend!r}; use 'local' or 'ray'")
+        # Another backend's scheduler: not a Scheduler, so __init__ is not called again.
+        return make_backend(backend, *args, **kwargs)
 
     def __init__(
         self,
@@ -333,7 +170,7 @@ class Scheduler(Frontend):
         except BaseException:
             self._teardown(force=True)
             raise
-        _live.add(self)
+        _context.live.add(self)
         _install_sigterm()
         self._make_current()
 
@@ -396,18 +233,13 @@ class Scheduler(Frontend):
         if not ref:
             return False
         s = self._s
-        rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        rec = tasks.record(ref)
         try:
-            flags = marshal.encode_args(s, self._arena, rec, args, kwargs, data)
+            flags = marshal.encode_args(tasks, self._arena, rec, args, kwargs, data)
         except BaseException:
             tasks.free(ref)
             raise
-        # Relaxed: published by the release store of the status below.  Every
-        # field a reader uses is written: the record was some other task's.
-        s.store32(rec + R_FN, fid, _core.RELAXED)
-        s.store32(rec + R_FLAGS, flags, _core.RELAXED)
-        s.store64(rec + R_PARENT, 0, _core.RELAXED)
-        s.store32(rec + R_ATTEMPTS, 0, _core.RELAXED)
+        tasks.prepare(rec, fid, flags, 0)  # published by the release store of the status
         tasks.set_status(ref, S_QUEUED)
         fut._ref = ref
         self._futures[ref] = fut  # before the push: the completion may come at once
@@ -474,7 +306,7 @@ class Scheduler(Frontend):
         (True, a description, or a tqdm-like object) shows a bar of the
         results consumed (progress.py).
         """
-        from .worker import run_chunk, run_chunk1
+        from ..runtime.worker import run_chunk, run_chunk1
 
         if not iterables:
             raise TypeError("penny: map() needs at least one iterable")
@@ -525,22 +357,21 @@ class Scheduler(Frontend):
 
     def _complete(self, ref: int) -> None:
         """Move a finished task's outcome into its future and recycle the record."""
-        s, tasks = self._s, self._tasks
+        tasks = self._tasks
         fut = self._futures.pop(ref, None)
-        rec = tasks.base + ((ref & 0xFFFF_FFFF) - 1) * RECORD_SIZE
+        rec = tasks.record(ref)
         status = tasks.status(ref)  # acquire: pairs with the worker's release
-        flags = s.load32(rec + R_FLAGS, _core.RELAXED)
+        flags = tasks.flags(rec)
         ok, value = False, None
         try:
             if status == S_DONE:
-                value = marshal.decode_result(s, self._arena, rec, flags)
+                value = marshal.decode_result(tasks, self._arena, rec, flags)
                 ok = True
             elif status == S_FAILED:
-                value = marshal.decode_exception(s, self._arena, rec)
+                value = marshal.decode_exception(tasks, self._arena, rec)
             elif status == S_CANCELLED:
-                if flags & F_ARGS_BLOB and s.load64(rec + R_BLOB, _core.RELAXED):
-                    marshal.free_blob(self._arena, s.load64(rec + R_BLOB, _core.RELAXED),
-                                      s.load64(rec + R_BLOB_LEN, _core.RELAXED))
+                if flags & F_ARGS_BLOB and tasks.blob(rec)[0]:
+                    marshal.free_blob(self._arena, *tasks.blob(rec))
             elif status == S_CRASHED:
                 value = WorkerCrashedError(self._crash_info.pop(ref, "penny: the worker running this task died"))
             else:
@@ -651,7 +482,7 @@ class Scheduler(Frontend):
             if getattr(self, "_region", None) is not None:
                 self._s = None
                 self._region.close()
-            _live.discard(self)
+            _context.live.discard(self)
             self._torn_down.set()
 
     # ---- shared arrays ----------------------------------------------------------
@@ -746,13 +577,6 @@ class Scheduler(Frontend):
         return f"<penny.Scheduler workers={self._layout.workers} start_method={self._method!r} {state}>"
 
 
-class Executor(Scheduler):
-    """A `concurrent.futures.Executor` drop-in: ``Executor(max_workers=4)``."""
-
-    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None, **kwargs):
-        super().__init__(max_workers, start_method=start_method, **kwargs)
-
-
 def _install_sigterm() -> None:
     """SIGTERM of the main process shuts down cleanly: unless the program set
     its own handler, it raises SystemExit(143) in the main thread, so `with`
@@ -773,5 +597,5 @@ def _on_sigterm(signum, frame):
 
 @atexit.register
 def _shutdown_all() -> None:
-    for sched in list(_live):
+    for sched in list(_context.live):
         sched._abort()

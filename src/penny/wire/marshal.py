@@ -25,10 +25,11 @@ import pickle
 import struct
 import traceback
 
-from . import _core, shared
-from .arena import Arena
-from .errors import RemoteTraceback, TaskError
-from .layout import F_ARGS_BLOB, F_RESULT_BLOB, INLINE_SIZE, R_BLOB, R_BLOB_LEN, R_INLINE
+from ..errors import RemoteTraceback, TaskError
+from ..shm.arena import Arena
+from ..shm.layout import F_ARGS_BLOB, F_RESULT_BLOB
+from ..shm.tasks import TaskTable
+from . import shared
 
 _NO_KWARGS: dict = {}
 
@@ -162,7 +163,7 @@ def free_blob(arena: Arena, off: int, n: int) -> None:
     arena.free(off)
 
 
-def _store_blob(s: _core.Shared, arena: Arena, rec: int, data: bytes) -> None:
+def _store_blob(tasks: TaskTable, arena: Arena, rec: int, data: bytes) -> None:
     """Copy a pickle made by `dumps` into a block and point record `rec` at it;
     if there is no room, its block references are dropped before the error."""
     try:
@@ -172,8 +173,7 @@ def _store_blob(s: _core.Shared, arena: Arena, rec: int, data: bytes) -> None:
         raise
     # Relaxed: published with the record by the release that publishes the
     # record (the queue push, or the status store).
-    s.store64(rec + R_BLOB, off, _core.RELAXED)
-    s.store64(rec + R_BLOB_LEN, n, _core.RELAXED)
+    tasks.set_blob(rec, off, n)
 
 
 def _pickle_args(args, kwargs, arena: Arena) -> bytes:
@@ -198,24 +198,23 @@ def prepickle(args, kwargs, arena: Arena) -> bytes | None:
     return _pickle_args(args, kwargs, arena)
 
 
-def encode_args(s: _core.Shared, arena: Arena, rec: int, args, kwargs, data: bytes | None = None) -> int:
+def encode_args(tasks: TaskTable, arena: Arena, rec: int, args, kwargs, data: bytes | None = None) -> int:
     """Write a call's arguments into record `rec`; returns the F_* flags to store.
     `data` is their pickle when the caller made it already."""
     if data is None:
-        if not kwargs and s.pack_inline(rec + R_INLINE, INLINE_SIZE, args) >= 0:
+        if not kwargs and tasks.s.pack_inline(*tasks.inline(rec), args) >= 0:
             return 0
         data = _pickle_args(args, kwargs, arena)
-    _store_blob(s, arena, rec, data)
+    _store_blob(tasks, arena, rec, data)
     return F_ARGS_BLOB
 
 
-def decode_args(s: _core.Shared, arena: Arena, rec: int, flags: int):
+def decode_args(tasks: TaskTable, arena: Arena, rec: int, flags: int):
     """(args, kwargs) of record `rec`.  The blob stays until `release_args`, so a
     task whose worker dies while running it can be retried."""
     if not flags & F_ARGS_BLOB:
-        return s.unpack_inline(rec + R_INLINE, INLINE_SIZE), _NO_KWARGS
-    off = s.load64(rec + R_BLOB, _core.RELAXED)
-    n = s.load64(rec + R_BLOB_LEN, _core.RELAXED)
+        return tasks.s.unpack_inline(*tasks.inline(rec)), _NO_KWARGS
+    off, n = tasks.blob(rec)
     try:
         return loads(arena.get(off, n), arena)
     except Exception as e:
@@ -225,18 +224,18 @@ def decode_args(s: _core.Shared, arena: Arena, rec: int, flags: int):
         ) from e
 
 
-def release_args(s: _core.Shared, arena: Arena, rec: int, flags: int) -> None:
+def release_args(tasks: TaskTable, arena: Arena, rec: int, flags: int) -> None:
     """Free the argument blob of a task that has run (before its result is written)."""
     if flags & F_ARGS_BLOB:
-        off = s.load64(rec + R_BLOB, _core.RELAXED)
+        off, n = tasks.blob(rec)
         if off:
-            s.store64(rec + R_BLOB, 0, _core.RELAXED)
-            free_blob(arena, off, s.load64(rec + R_BLOB_LEN, _core.RELAXED))
+            tasks.set_blob(rec, 0, n)
+            free_blob(arena, off, n)
 
 
-def encode_result(s: _core.Shared, arena: Arena, rec: int, value) -> int:
+def encode_result(tasks: TaskTable, arena: Arena, rec: int, value) -> int:
     """Write a return value; returns the result flag bits.  May raise (unpicklable)."""
-    if s.pack_inline(rec + R_INLINE, INLINE_SIZE, (value,)) >= 0:
+    if tasks.s.pack_inline(*tasks.inline(rec), (value,)) >= 0:
         return 0
     try:
         data = dumps(value, arena)
@@ -247,11 +246,11 @@ def encode_result(s: _core.Shared, arena: Arena, rec: int, value) -> int:
             f"penny: the task's return value of type {type(value).__qualname__} cannot be pickled "
             f"({type(e).__name__}: {e}); return plain data instead"
         ) from e
-    _store_blob(s, arena, rec, data)
+    _store_blob(tasks, arena, rec, data)
     return F_RESULT_BLOB
 
 
-def encode_exception(s: _core.Shared, arena: Arena, rec: int, exc: BaseException) -> int:
+def encode_exception(tasks: TaskTable, arena: Arena, rec: int, exc: BaseException) -> int:
     """Write an exception with its formatted traceback (always succeeds)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
@@ -269,17 +268,15 @@ def encode_exception(s: _core.Shared, arena: Arena, rec: int, exc: BaseException
     except MemoryError:
         data = pickle.dumps((TaskError(f"{type(exc).__name__}: {str(exc)[:1000]}", type(exc).__name__, tb[-4000:]), ""), 5)
         off, n = arena.put(data)
-    s.store64(rec + R_BLOB, off, _core.RELAXED)
-    s.store64(rec + R_BLOB_LEN, n, _core.RELAXED)
+    tasks.set_blob(rec, off, n)
     return F_RESULT_BLOB
 
 
-def decode_result(s: _core.Shared, arena: Arena, rec: int, flags: int):
+def decode_result(tasks: TaskTable, arena: Arena, rec: int, flags: int):
     """The value stored by encode_result; frees its blob."""
     if not flags & F_RESULT_BLOB:
-        return s.unpack_inline(rec + R_INLINE, INLINE_SIZE)[0]
-    off = s.load64(rec + R_BLOB, _core.RELAXED)
-    n = s.load64(rec + R_BLOB_LEN, _core.RELAXED)
+        return tasks.s.unpack_inline(*tasks.inline(rec))[0]
+    off, n = tasks.blob(rec)
     data = arena.get(off, n)
     try:
         return loads(data, arena)
@@ -287,10 +284,9 @@ def decode_result(s: _core.Shared, arena: Arena, rec: int, flags: int):
         free_blob(arena, off, n)
 
 
-def decode_exception(s: _core.Shared, arena: Arena, rec: int) -> BaseException:
+def decode_exception(tasks: TaskTable, arena: Arena, rec: int) -> BaseException:
     """The exception stored by encode_exception, with the remote traceback as its cause."""
-    off = s.load64(rec + R_BLOB, _core.RELAXED)
-    n = s.load64(rec + R_BLOB_LEN, _core.RELAXED)
+    off, n = tasks.blob(rec)
     data = arena.get(off, n)
     try:
         exc, tb = loads(data, arena)

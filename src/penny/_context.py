@@ -1,0 +1,95 @@
+"""The ambient state of this process, in one place.
+
+Penny's layers need to know a few facts about where they run, and those facts
+must not make the lower layers import the upper ones:
+
+* `live` and `current`: the schedulers of this process and the one that
+  `penny.spawn`, `join` and `parallel_for` use outside tasks;
+* `in_worker`: this process is one of Penny's workers (it has no scheduler
+  of its own, and the ones a fork copied are not its to use);
+* `fork`: this worker's fork-join machinery (runtime.forkjoin.ForkJoin), None
+  in the main process;
+* `task_context`: per thread, the scheduler of a task that another backend
+  runs (backends/ray): what spawn and sync submit children to there;
+* `outside_spawned()`: per thread, the futures of `penny.spawn` calls made
+  outside any task, for the `penny.sync()` that waits for them.
+
+Nothing here imports anything of Penny's: every layer may read it.  Schedulers
+are duck-typed (`_closed`, `_region`).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from .errors import SchedulerClosedError
+
+#: Every scheduler of this process that is not shut down.
+live: "weakref.WeakSet" = weakref.WeakSet()
+#: The scheduler of the innermost ``with`` block, or the last one created.
+current: "weakref.ref | None" = None
+#: True in a worker process.
+in_worker = False
+#: This worker's ForkJoin (None in the main process).
+fork = None
+#: ``.scheduler``: set per thread by another backend's task wrapper.
+task_context = threading.local()
+
+_outside = threading.local()  # .futures: penny.spawn outside tasks, per thread
+
+
+def set_current(sched) -> None:
+    global current
+    current = weakref.ref(sched)
+
+
+def current_scheduler():
+    """The scheduler that penny.spawn/join/parallel_for use outside tasks: the
+    one whose ``with`` block is innermost, else the most recently created.
+    Inside a task run by another backend, that backend's task context."""
+    ctx = getattr(task_context, "scheduler", None)
+    if ctx is not None:
+        return ctx
+    if in_worker:
+        raise SchedulerClosedError(
+            "penny: a task cannot use the scheduler that runs it (it belongs to the main process): "
+            "spawn children with penny.spawn/penny.sync (or penny.join, penny.parallel_for), "
+            "or return the data and submit from the caller"
+        )
+    sched = current() if current is not None else None
+    if sched is None or sched._closed:
+        running = [x for x in list(live) if not x._closed]
+        if not running:
+            raise SchedulerClosedError(
+                "penny: no running Scheduler; create one (penny.Scheduler()) before calling "
+                "penny.spawn, penny.join or penny.parallel_for outside a task"
+            )
+        sched = running[-1]
+    return sched
+
+
+def forget_in_worker() -> None:
+    """In a new worker process: the schedulers a fork copied from the main
+    process are not ours to use, and their mappings are not ours to keep
+    (unmapped here, so a scheduler's memory goes with its own shutdown)."""
+    global in_worker, current
+    in_worker = True
+    for sched in list(live):
+        region = getattr(sched, "_region", None)
+        if region is not None:
+            try:
+                region.close()
+            except Exception:  # noqa: BLE001 - best effort in a child
+                pass
+    live.clear()
+    current = None
+
+
+def outside_spawned() -> list:
+    """This thread's futures of penny.spawn calls made outside tasks."""
+    try:
+        return _outside.futures
+    except AttributeError:
+        _outside.futures = []
+        return _outside.futures

@@ -1,0 +1,135 @@
+"""What every backend's scheduler shares: the `Frontend` base class (being the
+current scheduler, the context manager, refusing to be pickled), the chunked,
+ordered `map`, and the table of backends that `Scheduler(backend=...)` picks from.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import time
+
+from .. import _context, config
+from .progress import make_bar
+
+#: name -> factory(*args, **kwargs) of the schedulers `Scheduler(backend=name)`
+#: returns.  "local" is Scheduler itself; the others are registered by the
+#: package (penny/__init__.py), so that this layer never imports a backend.
+_backends: dict = {}
+
+
+def register_backend(name: str, factory) -> None:
+    """Make `Scheduler(..., backend=name)` return ``factory(*args, **kwargs)``."""
+    _backends[name] = factory
+
+
+def make_backend(name: str, *args, **kwargs):
+    factory = _backends.get(name)
+    if factory is None:
+        known = ", ".join(repr(n) for n in ["local", *sorted(_backends)])
+        raise ValueError(f"penny: unknown backend {name!r}; use one of {known}")
+    return factory(*args, **kwargs)
+
+
+def chunked_map(fn, iterables, chunksize, workers: int, window: int, submit_chunk, timeout, progress):
+    """`map` for every backend: chunks of the zipped `iterables` (one iterable:
+    the items themselves) go to `submit_chunk(chunk) -> future of a list`, a
+    `window` of chunks ahead of the consumer; results come back in order.
+    An exception of the input is raised after the results of the items before
+    it.  The first window is submitted now; the rest as results are read."""
+    if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1):
+        raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r}")
+    sizes = _chunk_sizes(iterables, chunksize, workers)
+    source = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
+    pending: collections.deque = collections.deque()
+    failure: list = []
+
+    def submit_next() -> bool:
+        chunk: list = []
+        try:
+            chunk.extend(itertools.islice(source, next(sizes)))
+        except Exception as e:  # noqa: BLE001 - raised at its place in the results
+            failure.append(e)
+        if chunk:
+            pending.append(submit_chunk(chunk))
+        return bool(chunk) and not failure
+
+    for _ in range(window):
+        if not submit_next():
+            break
+    bar = None
+    if progress:
+        try:
+            total = min(len(it) for it in iterables)
+        except TypeError:
+            total = None
+        bar = (progress, total, f"map({getattr(fn, '__qualname__', 'fn')})")
+    return _map_results(pending, submit_next, timeout, bar, failure)
+
+
+def _map_results(pending, submit_next, timeout, bar, failure):
+    deadline = None if timeout is None else time.monotonic() + timeout
+    more = True
+    if bar is not None:  # made at the first next(): a map never iterated draws nothing
+        bar = make_bar(*bar)
+    done = False
+    try:
+        while pending:
+            fut = pending.popleft()
+            if more:
+                more = submit_next()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if bar is None:
+                yield from fut.result(left)
+            else:
+                items = fut.result(left)
+                bar.update(len(items))
+                yield from items
+        if failure:
+            raise failure[0]
+        done = True
+    finally:
+        for fut in pending:
+            fut.cancel()
+        if bar is not None:
+            bar.close(complete=done)
+
+
+def _chunk_sizes(iterables, chunksize, workers: int):
+    if chunksize is not None:
+        return itertools.repeat(chunksize)
+    try:
+        n = min(len(it) for it in iterables)
+    except TypeError:
+        return itertools.chain((16, 32, 64, 128, 256, 512), itertools.repeat(1024))
+    # About 8 chunks per worker, at most MAP_MAX_CHUNK items each: the window
+    # of chunks in flight then never holds much of a huge input.
+    return itertools.repeat(max(1, min(config.MAP_MAX_CHUNK, -(-n // (8 * workers)))))
+
+
+class Frontend(cf.Executor):
+    """What every backend's scheduler shares: being the current scheduler, the
+    context manager, and refusing to be pickled."""
+
+    def _make_current(self) -> None:
+        _context.set_current(self)
+
+    def __enter__(self):
+        self._make_current()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.shutdown(wait=True)
+        elif issubclass(exc_type, Exception):
+            self.shutdown(wait=True, cancel_futures=True)
+        else:  # KeyboardInterrupt, SystemExit: do not wait for running tasks
+            self._abort()
+        return False
+
+    def __reduce__(self):
+        raise TypeError(
+            "penny: a Scheduler cannot be sent to a task or another process; "
+            "inside a task, use penny.spawn/penny.sync (or return data to the caller)"
+        )

@@ -1,0 +1,72 @@
+"""Recovering the tasks of a dead worker: finding them, dooming them, reaping them.
+
+The supervisor (supervisor.py) calls these when it finds a worker dead; a
+replacement worker calls `reap` for a continuation of its predecessor whose
+last child finished after the recovery (forkjoin.py).  The whole procedure is
+described in supervisor.py's docstring.
+"""
+
+from __future__ import annotations
+
+from ..errors import WorkerCrashedError
+from ..shm.layout import (
+    F_ARGS_CONSUMED,
+    F_DEAD,
+    F_RESULT_BLOB,
+    F_SUSPENDED,
+    H_SCRATCH,
+    S_DONE,
+    S_FAILED,
+    S_RUNNING,
+)
+from ..wire import marshal
+
+
+def dead_tasks(tasks, w: int) -> list[int]:
+    """Refs of the tasks that were RUNNING on worker `w` (its current task, the
+    inline ancestors on its stacks, its suspended continuations)."""
+    out = []
+    for i in range(tasks.capacity):
+        ref, status = tasks.ref_at(i)
+        if status == S_RUNNING and tasks.owner(tasks.record_at(i)) == w:
+            out.append(ref)
+    return out
+
+
+def doom(tasks, arena, ref: int, why: str) -> None:
+    """Store `WorkerCrashedError(why)` as the outcome of dead task `ref` now
+    (its arguments, or a result it had written before dying, are released),
+    and mark it F_DEAD, so that whoever reaps it later (perhaps the worker that
+    replaced a replacement) reports the death that actually killed it."""
+    rec = tasks.record(ref)
+    flags = tasks.flags(rec)
+    if flags & F_DEAD:
+        return
+    marshal.release_args(tasks, arena, rec, flags)
+    if flags & F_RESULT_BLOB:  # it died after writing its result, before publishing it
+        marshal.free_blob(arena, *tasks.blob(rec))
+    rflags = marshal.encode_exception(tasks, arena, rec, WorkerCrashedError(why))
+    tasks.set_flags(rec, (flags & ~F_RESULT_BLOB) | F_ARGS_CONSUMED | F_DEAD | rflags)
+
+
+def reap(tasks, arena, ref: int, why: str) -> None:
+    """Complete dead task `ref`, whose children have all finished, with its
+    WorkerCrashedError (stored by `doom`; `why` if it was not): free the
+    records of children it never read and route it to its parent or the main
+    process.  Runs in the supervisor, or in the replacement worker when the
+    last child finished after the recovery."""
+    rec = tasks.record(ref)
+    for i in range(tasks.capacity):
+        child = tasks.record_at(i)
+        if tasks.parent(child) != ref:
+            continue
+        cref, status = tasks.ref_at(i)
+        if status in (S_DONE, S_FAILED):
+            if tasks.flags(child) & F_RESULT_BLOB:
+                marshal.free_blob(arena, *tasks.blob(child))
+            tasks.free(cref)
+    doom(tasks, arena, ref, why)
+    tasks.set_flags(rec, tasks.flags(rec) & ~(F_SUSPENDED | F_DEAD))
+    # Status (release: the outcome first) and routing in one call; current_off
+    # is a scratch word nobody reads (the task is nobody's current any more).
+    tasks.s.settle(ref, S_FAILED, H_SCRATCH)
