@@ -12,6 +12,9 @@
  *      the free list of task records and arena blocks: threads pop a node,
  *      write its data, push it back.
  *
+ * Each structure is made by its header's own init (cl_init, mq_init), as the
+ * extension's Shared.deque_init / queue_init make it.
+ *
  * Each item is taken exactly once (checked with a counter per item), and its
  * payload, written with a plain store before the item is published, is read
  * with a plain load by whoever takes it: if the structure's orderings did not
@@ -111,14 +114,12 @@ xorshift(uint64_t *s)
     return *s = x;
 }
 
-/* As S_deque_init / S_queue_init, on raw memory. */
+/* With the init functions of the headers, as Shared.deque_init / queue_init. */
 static char *
 new_deque(uint64_t cap)
 {
     char *b = xalloc(DQ_RING + 8 * cap);
-    atomic_store_explicit((a64 *)(b + DQ_MASK), cap - 1, memory_order_relaxed);
-    atomic_store_explicit((ai64 *)(b + DQ_TOP), 0, memory_order_relaxed);
-    atomic_store_explicit((ai64 *)(b + DQ_BOTTOM), 0, memory_order_release);
+    cl_init(b, cap);
     return b;
 }
 
@@ -126,14 +127,7 @@ static char *
 new_queue(uint64_t cap)
 {
     char *b = xalloc(Q_SLOTS + 16 * cap);
-    a64 *slots = (a64 *)(b + Q_SLOTS);
-    for (uint64_t i = 0; i < cap; i++) {
-        atomic_store_explicit(&slots[2 * i], i, memory_order_relaxed);
-        atomic_store_explicit(&slots[2 * i + 1], 0, memory_order_relaxed);
-    }
-    atomic_store_explicit((a64 *)(b + Q_MASK), cap - 1, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(b + Q_DEQ), 0, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(b + Q_ENQ), 0, memory_order_release);
+    mq_init(b, cap);
     return b;
 }
 
@@ -400,6 +394,11 @@ stack_main(void *arg)
     uint64_t me = (uint64_t)pthread_self();
     for (uint64_t i = 0; i < t->rounds; i++) {
         ptrdiff_t idx = tagged_pop(&t->head, t->base, NODE_STRIDE, NODE_LINK, t->count);
+        if (idx == TS_CORRUPT) {
+            fprintf(stderr, "deque_tsan: FAIL: stack head names no node\n");
+            failures++;
+            return NULL;
+        }
         if (idx < 0) {
             atomic_fetch_add(&t->empty, 1);
             sched_yield();

@@ -26,9 +26,23 @@
 #define PENNY_CHASE_LEV_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "atomics.h"
 #include "layout.h"
+
+/* Make an empty deque of `cap` slots (a power of two >= 2) at `b` (64-byte
+ * aligned, DQ_RING + 8 * cap bytes), before any other thread uses it. */
+static inline void
+cl_init(char *b, uint64_t cap)
+{
+    memset(b, 0, DQ_RING + 8 * cap);
+    atomic_store_explicit((a64 *)(b + DQ_MASK), cap - 1, memory_order_relaxed);
+    atomic_store_explicit((ai64 *)(b + DQ_TOP), 0, memory_order_relaxed);
+    /* Release: a process that reads the deque after acquiring the region's
+     * "ready" flag sees the initialised header. */
+    atomic_store_explicit((ai64 *)(b + DQ_BOTTOM), 0, memory_order_release);
+}
 
 /* Owner only.  Returns 1 if pushed, 0 if the ring is full (caller spills). */
 static inline int

@@ -19,9 +19,27 @@
 #define PENNY_MPMC_RING_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "atomics.h"
 #include "layout.h"
+
+/* Make an empty ring of `cap` slots (a power of two >= 2) at `b` (64-byte
+ * aligned, Q_SLOTS + 16 * cap bytes), before any other thread uses it. */
+static inline void
+mq_init(char *b, uint64_t cap)
+{
+    memset(b, 0, Q_SLOTS);
+    a64 *slots = (a64 *)(b + Q_SLOTS);
+    for (uint64_t i = 0; i < cap; i++) {
+        /* Relaxed: published together with the header below. */
+        atomic_store_explicit(&slots[2 * i], i, memory_order_relaxed);
+        atomic_store_explicit(&slots[2 * i + 1], 0, memory_order_relaxed);
+    }
+    atomic_store_explicit((a64 *)(b + Q_MASK), cap - 1, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(b + Q_DEQ), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(b + Q_ENQ), 0, memory_order_release);
+}
 
 /* Returns 1 if pushed, 0 if full. */
 static inline int

@@ -234,12 +234,7 @@ S_deque_init(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *b = span(s, off, DQ_RING + 8 * cap);
     if (!b)
         return NULL;
-    memset(b, 0, DQ_RING + 8 * cap);
-    atomic_store_explicit((a64 *)(b + DQ_MASK), (uint64_t)(cap - 1), memory_order_relaxed);
-    atomic_store_explicit((ai64 *)(b + DQ_TOP), 0, memory_order_relaxed);
-    /* Release: a process that reads the deque after acquiring the region's
-     * "ready" flag sees the initialised header. */
-    atomic_store_explicit((ai64 *)(b + DQ_BOTTOM), 0, memory_order_release);
+    cl_init(b, (uint64_t)cap);
     Py_RETURN_NONE;
 }
 
@@ -355,16 +350,7 @@ S_queue_init(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *b = span(s, off, Q_SLOTS + 16 * cap);
     if (!b)
         return NULL;
-    memset(b, 0, Q_SLOTS);
-    a64 *slots = (a64 *)(b + Q_SLOTS);
-    for (Py_ssize_t i = 0; i < cap; i++) {
-        /* Relaxed: published together with the header below. */
-        atomic_store_explicit(&slots[2 * i], (uint64_t)i, memory_order_relaxed);
-        atomic_store_explicit(&slots[2 * i + 1], 0, memory_order_relaxed);
-    }
-    atomic_store_explicit((a64 *)(b + Q_MASK), (uint64_t)(cap - 1), memory_order_relaxed);
-    atomic_store_explicit((a64 *)(b + Q_DEQ), 0, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(b + Q_ENQ), 0, memory_order_release);
+    mq_init(b, (uint64_t)cap);
     Py_RETURN_NONE;
 }
 
@@ -459,7 +445,7 @@ S_queue_len(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLongLong(e > d ? (long long)(e - d) : 0);
 }
 
-/* ---- 5. Treiber stack with tagged head (the layout: tagged_stack.h) ------ */
+/* ---- 5. Treiber stack with tagged head (tagged_pop/tagged_push: tagged_stack.h) */
 
 typedef struct {
     a64 *head;
@@ -502,19 +488,8 @@ S_stack_push(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (idx < 0 || idx >= st.count)
         return PyErr_Format(PyExc_IndexError, "stack index %zd out of range", idx);
-    a64 *link = (a64 *)(st.base + idx * st.stride + st.link);
-    /* Relaxed: validated by the CAS. */
-    uint64_t h = atomic_load_explicit(st.head, memory_order_relaxed);
-    for (;;) {
-        /* Relaxed link store, published by the release CAS. */
-        atomic_store_explicit(link, h & 0xffffffffu, memory_order_relaxed);
-        uint64_t nh = ((((h >> 32) + 1) & 0xffffffffu) << 32) | (uint64_t)(idx + 1);
-        /* Release: the node's contents (and everything the pusher wrote to
-         * the record before freeing it) happen-before the next pop. */
-        if (atomic_compare_exchange_weak_explicit(st.head, &h, nh, memory_order_release,
-                                                  memory_order_relaxed))
-            Py_RETURN_NONE;
-    }
+    tagged_push(st.head, st.base, st.stride, st.link, idx);
+    Py_RETURN_NONE;
 }
 
 /* stack_pop(head, base, stride, link, count) -> index or -1 when empty */
@@ -525,24 +500,11 @@ S_stack_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Stack st;
     if (stack_args(s, args, &st) < 0)
         return NULL;
-    /* Acquire: pairs with the release CAS of the push that put it there. */
-    uint64_t h = atomic_load_explicit(st.head, memory_order_acquire);
-    for (;;) {
-        uint64_t top = h & 0xffffffffu;
-        if (top == 0)
-            return PyLong_FromLong(-1);
-        if (top > (uint64_t)st.count)
-            return PyErr_Format(PyExc_RuntimeError, "corrupt free list head %llu", (unsigned long long)h);
-        a64 *link = (a64 *)(st.base + (top - 1) * st.stride + st.link);
-        uint64_t next = atomic_load_explicit(link, memory_order_relaxed) & 0xffffffffu;
-        uint64_t nh = ((((h >> 32) + 1) & 0xffffffffu) << 32) | next;
-        /* Acquire on success: we own the node and see its last owner's
-         * writes.  Acquire on failure too: the reloaded head's link is
-         * read next and must be the one its pusher published. */
-        if (atomic_compare_exchange_weak_explicit(st.head, &h, nh, memory_order_acquire,
-                                                  memory_order_acquire))
-            return PyLong_FromSsize_t((Py_ssize_t)top - 1);
-    }
+    ptrdiff_t idx = tagged_pop(st.head, st.base, st.stride, st.link, st.count);
+    if (idx == TS_CORRUPT)
+        return PyErr_Format(PyExc_RuntimeError, "corrupt free list head %llu",
+                            (unsigned long long)atomic_load_explicit(st.head, memory_order_relaxed));
+    return PyLong_FromSsize_t(idx);  /* an index, or TS_EMPTY (-1) */
 }
 
 /* ---- 6. waking a sleeper (notify_word: futex.h) ------------------------- */

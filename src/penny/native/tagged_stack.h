@@ -25,35 +25,46 @@
 
 #include "atomics.h"
 
-/* Pop a node: its index, or -1 when the stack is empty (or its head names
- * no node of the `count`). */
+/* Results of tagged_pop that are not an index. */
+#define TS_EMPTY (-1)    /* the stack is empty */
+#define TS_CORRUPT (-2)  /* the head names no node of the `count` */
+
+/* Pop a node: its index, TS_EMPTY or TS_CORRUPT. */
 static inline ptrdiff_t
 tagged_pop(a64 *head, char *base, ptrdiff_t stride, ptrdiff_t link, ptrdiff_t count)
 {
-    /* As S_stack_pop: acquire on load and on both CAS outcomes. */
+    /* Acquire: pairs with the release CAS of the push that put it there. */
     uint64_t h = atomic_load_explicit(head, memory_order_acquire);
     for (;;) {
         uint64_t top = h & 0xffffffffu;
-        if (top == 0 || top > (uint64_t)count)
-            return -1;
+        if (top == 0)
+            return TS_EMPTY;
+        if (top > (uint64_t)count)
+            return TS_CORRUPT;
         a64 *l = (a64 *)(base + (top - 1) * stride + link);
         uint64_t next = atomic_load_explicit(l, memory_order_relaxed) & 0xffffffffu;
         uint64_t nh = ((((h >> 32) + 1) & 0xffffffffu) << 32) | next;
+        /* Acquire on success: we own the node and see its last owner's
+         * writes.  Acquire on failure too: the reloaded head's link is
+         * read next and must be the one its pusher published. */
         if (atomic_compare_exchange_weak_explicit(head, &h, nh, memory_order_acquire, memory_order_acquire))
             return (ptrdiff_t)top - 1;
     }
 }
 
-/* Push node `idx` (the caller owns it). */
+/* Push node `idx` (the caller owns it; 0 <= idx < the stack's count). */
 static inline void
 tagged_push(a64 *head, char *base, ptrdiff_t stride, ptrdiff_t link, ptrdiff_t idx)
 {
-    /* As S_stack_push: release CAS publishes the node. */
     a64 *l = (a64 *)(base + idx * stride + link);
+    /* Relaxed: validated by the CAS. */
     uint64_t h = atomic_load_explicit(head, memory_order_relaxed);
     for (;;) {
+        /* Relaxed link store, published by the release CAS. */
         atomic_store_explicit(l, h & 0xffffffffu, memory_order_relaxed);
         uint64_t nh = ((((h >> 32) + 1) & 0xffffffffu) << 32) | (uint64_t)(idx + 1);
+        /* Release: the node's contents (and everything the pusher wrote to
+         * the record before freeing it) happen-before the next pop. */
         if (atomic_compare_exchange_weak_explicit(head, &h, nh, memory_order_release, memory_order_relaxed))
             return;
     }
