@@ -37,7 +37,9 @@ static PyMethodDef Shared_methods[] = {
     {"notify", (PyCFunction)(void (*)(void))S_notify, METH_FASTCALL, "notify(sleepers, states, stride, count, start) -> woken index or -1"},
     {"pack_inline", (PyCFunction)(void (*)(void))S_pack_inline, METH_FASTCALL, "pack_inline(off, cap, seq) -> nbytes or -1"},
     {"unpack_inline", (PyCFunction)(void (*)(void))S_unpack_inline, METH_FASTCALL, "unpack_inline(off, cap) -> tuple"},
-    {"set_tasks", (PyCFunction)S_set_tasks, METH_VARARGS, "set_tasks(...): where the task table, rings and parking words are (layout.py)"},
+    {"set_tasks", (PyCFunction)(void (*)(void))S_set_tasks, METH_VARARGS | METH_KEYWORDS,
+     "set_tasks(*, tasks, task_capacity, injector, completions, inbox0, state0, slice_size, workers): "
+     "where the task table, rings and worker slices are (layout.bind)"},
     {"inject", (PyCFunction)(void (*)(void))S_inject, METH_FASTCALL, "inject(fid, args, future, futures) -> ref, 0 (table full) or -1 (not inlinable)"},
     {"claim", (PyCFunction)(void (*)(void))S_claim, METH_FASTCALL, "claim(ref, current_off, wid) -> (fid, flags, args|None) or None"},
     {"finish", (PyCFunction)(void (*)(void))S_finish, METH_FASTCALL, "finish(ref, value, current_off) -> bool"},
@@ -93,6 +95,37 @@ static struct PyModuleDef moduledef = {
     -1, module_methods,
 };
 
+/* _core.LAYOUT: name -> value of every constant layout.h shares with
+ * penny/layout.py, which checks them against its own at import. */
+static int
+add_layout(PyObject *m)
+{
+    PyObject *d = PyDict_New();
+    if (!d)
+        return -1;
+#define ADD_LAYOUT(name)                                                    \
+    do {                                                                    \
+        PyObject *v_ = PyLong_FromLong((long)(name));                       \
+        if (!v_ || PyDict_SetItemString(d, #name, v_) < 0) {                \
+            Py_XDECREF(v_);                                                 \
+            Py_DECREF(d);                                                   \
+            return -1;                                                      \
+        }                                                                   \
+        Py_DECREF(v_);                                                      \
+    } while (0);
+    PENNY_LAYOUT_CONSTANTS(ADD_LAYOUT)
+#undef ADD_LAYOUT
+    if (PyModule_AddObject(m, "LAYOUT", d) < 0) {
+        Py_DECREF(d);
+        return -1;
+    }
+    return 0;
+}
+
+/* No Py_MOD_GIL_NOT_USED (free-threaded builds): the core relies on the GIL,
+ * e.g. for Shared.leases and keep_view (Lease), the fork-join globals
+ * (the_fork, the fallbacks) and ForkCore's private list.  A free-threaded
+ * build re-enables the GIL on import, which is correct. */
 PyMODINIT_FUNC
 PyInit__core(void)
 {
@@ -133,6 +166,10 @@ PyInit__core(void)
     PyModule_AddIntConstant(m, "DEQUE_TOP", DQ_TOP);
     PyModule_AddIntConstant(m, "DEQUE_BOTTOM", DQ_BOTTOM);
     PyModule_AddIntConstant(m, "QUEUE_HEADER", Q_SLOTS);
+    if (add_layout(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }
 

@@ -8,17 +8,14 @@
  * (core.c), not compiled on its own.
  */
 
-/* Where the task machinery lives, told once by penny/layout.py (set_tasks). */
+/* Where the task machinery lives in this region, told once by
+ * penny/layout.py (set_tasks); the fixed layout is in layout.h. */
 typedef struct {
     int ready;
-    Py_ssize_t tasks, capacity, record, free_head;   /* task table and its free list */
-    Py_ssize_t r_state, r_fn, r_flags, r_link, r_inline, inline_size;
-    Py_ssize_t r_parent, r_join, r_owner, r_attempts; /* fork-join and retry fields */
-    Py_ssize_t injector, completions;                /* MPMC rings */
-    Py_ssize_t inbox0, slice_stride;                 /* worker 0's inbox ring; slice size */
-    Py_ssize_t sleepers, states, state_stride, nstates;      /* workers' parking words */
-    Py_ssize_t coll_sleepers, coll_state;            /* the collector's parking word */
-    uint32_t s_queued, s_running, s_done, s_free, f_args_blob, f_consumed, f_result_blob;
+    Py_ssize_t tasks, capacity;          /* task table (RECORD_SIZE records) */
+    Py_ssize_t injector, completions;    /* MPMC rings */
+    Py_ssize_t inbox0, states;           /* worker 0's inbox ring and parking word */
+    Py_ssize_t slice_size, nstates;      /* worker w's: + w * slice_size; workers */
 } TaskGeometry;
 
 typedef struct {

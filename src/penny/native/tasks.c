@@ -12,28 +12,39 @@
  * release after the record's contents; readers load it with acquire.
  */
 
+/* set_tasks(*, tasks, task_capacity, injector, completions, inbox0, state0,
+ *           slice_size, workers): the per-region geometry, keywords only
+ * (layout.bind).  The task table at `tasks` has `task_capacity` records of
+ * RECORD_SIZE bytes; `injector` and `completions` are MPMC rings of as many
+ * slots; worker w's inbox ring and parking word are at inbox0 and state0
+ * plus w * slice_size.  Everything fixed (record fields, header words,
+ * statuses, flags) is compiled in from layout.h. */
 static PyObject *
-S_set_tasks(Shared *s, PyObject *args)
+S_set_tasks(Shared *s, PyObject *args, PyObject *kw)
 {
+    static char *kwlist[] = {"tasks", "task_capacity", "injector", "completions", "inbox0",
+                             "state0", "slice_size", "workers", NULL};
     TaskGeometry g;
     memset(&g, 0, sizeof g);
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnnnnnnnnnnnnnnIIIIIII:set_tasks", &g.tasks, &g.capacity, &g.record,
-                          &g.free_head, &g.r_state, &g.r_fn, &g.r_flags, &g.r_link, &g.r_inline,
-                          &g.inline_size, &g.r_parent, &g.r_join, &g.r_owner, &g.r_attempts, &g.inbox0, &g.slice_stride,
-                          &g.injector, &g.completions, &g.sleepers, &g.states,
-                          &g.state_stride, &g.nstates, &g.coll_sleepers, &g.coll_state, &g.s_queued,
-                          &g.s_running, &g.s_done, &g.s_free, &g.f_args_blob, &g.f_consumed,
-                          &g.f_result_blob))
+    Py_ssize_t *fields[] = {&g.tasks, &g.capacity, &g.injector, &g.completions, &g.inbox0,
+                            &g.states, &g.slice_size, &g.nstates};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        *fields[i] = PY_SSIZE_T_MIN;  /* not given */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$nnnnnnnn:set_tasks", kwlist, &g.tasks, &g.capacity,
+                                     &g.injector, &g.completions, &g.inbox0, &g.states, &g.slice_size,
+                                     &g.nstates))
         return NULL;
-    if (!span(s, g.tasks, g.capacity * g.record) || !span(s, g.free_head, 8) ||
-        !span(s, g.states, g.state_stride * (g.nstates - 1) + 4) || !span(s, g.coll_state, 4) ||
-        !span(s, g.sleepers, 4) || !span(s, g.coll_sleepers, 4) ||
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (*fields[i] == PY_SSIZE_T_MIN)
+            return PyErr_Format(PyExc_TypeError, "set_tasks() missing keyword argument '%s'", kwlist[i]);
+    if (!span(s, g.tasks, g.capacity * RECORD_SIZE) || !span(s, H_TASK_FREE, 8) ||
+        !span(s, g.states, g.slice_size * (g.nstates - 1) + 4) || !span(s, H_COLLECTOR, 4) ||
+        !span(s, H_SLEEPERS, 4) || !span(s, H_COLLECTOR_SLEEPERS, 4) ||
         !span(s, g.injector, Q_SLOTS + 16 * g.capacity) || !span(s, g.completions, Q_SLOTS + 16 * g.capacity) ||
-        !span(s, g.inbox0 + (g.nstates - 1) * g.slice_stride, Q_SLOTS + 16 * g.capacity))
+        !span(s, g.inbox0 + (g.nstates - 1) * g.slice_size, Q_SLOTS + 16 * g.capacity))
         return NULL;
-    if (g.record % 64 || g.r_state % 8 || g.r_link % 8 || g.r_fn % 4 || g.r_flags % 4 ||
-        g.r_parent % 8 || g.r_join % 4 || g.r_owner % 4 || g.r_attempts % 4 || g.inbox0 % 64 || g.slice_stride % 64 ||
-        g.r_inline + g.inline_size > g.record || g.nstates < 1) {
+    /* The record fields' alignment is checked at compile time (layout.h). */
+    if (g.inbox0 % 64 || g.slice_size % 64 || g.nstates < 1) {
         PyErr_SetString(PyExc_ValueError, "bad task geometry");
         return NULL;
     }
@@ -94,17 +105,17 @@ take_record(Shared *s, PyObject *seq)
     }
     if (n > 255)
         return TR_NOT_INLINE;
-    a64 *head = (a64 *)(s->base + g->free_head);
+    a64 *head = (a64 *)(s->base + H_TASK_FREE);
     char *tbase = s->base + g->tasks;
-    Py_ssize_t idx = tagged_pop(head, tbase, g->record, g->r_link, g->capacity);
+    Py_ssize_t idx = tagged_pop(head, tbase, RECORD_SIZE, R_LINK, g->capacity);
     if (idx < 0)
         return TR_FULL;
-    char *p = tbase + idx * g->record + g->r_inline, *end = p + g->inline_size, *q = p + 1;
+    char *p = tbase + idx * RECORD_SIZE + R_INLINE, *end = p + INLINE_SIZE, *q = p + 1;
     *p = (char)n;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t w = pack_one(items[i], q, end);
         if (w < 0) {
-            tagged_push(head, tbase, g->record, g->r_link, idx);
+            tagged_push(head, tbase, RECORD_SIZE, R_LINK, idx);
             return TR_NOT_INLINE;
         }
         q += w;
@@ -125,13 +136,13 @@ S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     unsigned long fid = PyLong_AsUnsignedLong(args[0]);
     if (fid == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
-    a64 *head = (a64 *)(s->base + g->free_head);
+    a64 *head = (a64 *)(s->base + H_TASK_FREE);
     char *tbase = s->base + g->tasks;
     Py_ssize_t idx = take_record(s, args[1]);
     if (idx < 0)
         return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
-    char *rec = tbase + idx * g->record;
-    a64 *state = (a64 *)(rec + g->r_state);
+    char *rec = tbase + idx * RECORD_SIZE;
+    a64 *state = (a64 *)(rec + R_STATE);
     /* Relaxed: we own the record (popped with acquire). */
     uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
     uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
@@ -139,22 +150,22 @@ S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (!key || PyDict_SetItem(args[3], key, args[2]) < 0 ||
         PyObject_SetAttrString(args[2], "_ref", key) < 0) {
         Py_XDECREF(key);
-        tagged_push(head, tbase, g->record, g->r_link, idx);
+        tagged_push(head, tbase, RECORD_SIZE, R_LINK, idx);
         return NULL;
     }
     /* Relaxed field stores, published by the release store of the state.
      * Every field a reader uses is written: the record was some other task's. */
-    atomic_store_explicit((a32 *)(rec + g->r_fn), (uint32_t)fid, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + g->r_flags), 0, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(rec + g->r_parent), 0, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + g->r_attempts), 0, memory_order_relaxed);
-    atomic_store_explicit(state, ((uint64_t)g->s_queued << 32) | gen, memory_order_release);
+    atomic_store_explicit((a32 *)(rec + R_FN), (uint32_t)fid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_FLAGS), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + R_PARENT), 0, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_ATTEMPTS), 0, memory_order_relaxed);
+    atomic_store_explicit(state, ((uint64_t)S_QUEUED << 32) | gen, memory_order_release);
     /* The ring's release store of seq publishes the record to the popper. */
     if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
         Py_DECREF(key);
         return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
     }
-    wake_one(s, g->sleepers, g->states, g->state_stride, g->nstates, 0);
+    wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
     return key;
 }
 
@@ -168,7 +179,7 @@ task_record(Shared *s, uint64_t ref)
         PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
         return NULL;
     }
-    return s->base + g->tasks + idx * g->record;
+    return s->base + g->tasks + idx * RECORD_SIZE;
 }
 
 static int route(Shared *s, uint64_t ref, uint64_t parent);
@@ -181,9 +192,8 @@ static int route(Shared *s, uint64_t ref, uint64_t parent);
 static int
 settle_record(Shared *s, char *rec, uint64_t ref, uint64_t status, a64 *cur)
 {
-    TaskGeometry *g = &s->g;
-    uint64_t parent = atomic_load_explicit((a64 *)(rec + g->r_parent), memory_order_relaxed);
-    atomic_store_explicit((a64 *)(rec + g->r_state), (status << 32) | (ref >> 32), memory_order_release);
+    uint64_t parent = atomic_load_explicit((a64 *)(rec + R_PARENT), memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + R_STATE), (status << 32) | (ref >> 32), memory_order_release);
     atomic_store_explicit(cur, 0, memory_order_relaxed);
     return route(s, ref, parent);
 }
@@ -198,7 +208,6 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     NARGS(3, "claim");
     if (need_tasks(s) < 0)
         return NULL;
-    TaskGeometry *g = &s->g;
     uint64_t ref, wid;
     a64 *cur = addr(s, args[1], 8);
     if (!cur || as_u64(args[0], &ref) < 0 || as_u64(args[2], &wid) < 0)
@@ -207,9 +216,9 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (!rec)
         return NULL;
     uint64_t gen = ref >> 32;
-    uint64_t exp = ((uint64_t)g->s_queued << 32) | gen;
-    if (!atomic_compare_exchange_strong_explicit((a64 *)(rec + g->r_state), &exp,
-                                                 ((uint64_t)g->s_running << 32) | gen,
+    uint64_t exp = ((uint64_t)S_QUEUED << 32) | gen;
+    if (!atomic_compare_exchange_strong_explicit((a64 *)(rec + R_STATE), &exp,
+                                                 ((uint64_t)S_RUNNING << 32) | gen,
                                                  memory_order_acq_rel, memory_order_acquire))
         Py_RETURN_NONE;
     /* Relaxed: read only by the supervisor after this process has died. */
@@ -217,16 +226,16 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     /* Relaxed: no child exists yet; children see these through the release
      * push of their own spawn.  join starts at 1: the running task's token
      * (see fibers.py, "suspend"). */
-    atomic_store_explicit((a32 *)(rec + g->r_owner), (uint32_t)wid, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + g->r_join), 1, memory_order_relaxed);
-    uint32_t fid = atomic_load_explicit((a32 *)(rec + g->r_fn), memory_order_relaxed);
-    uint32_t flags = atomic_load_explicit((a32 *)(rec + g->r_flags), memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_OWNER), (uint32_t)wid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_JOIN), 1, memory_order_relaxed);
+    uint32_t fid = atomic_load_explicit((a32 *)(rec + R_FN), memory_order_relaxed);
+    uint32_t flags = atomic_load_explicit((a32 *)(rec + R_FLAGS), memory_order_relaxed);
     PyObject *a;
-    if (flags & g->f_args_blob) {
+    if (flags & F_ARGS_BLOB) {
         a = Py_NewRef(Py_None);
     } else {
-        PyObject *off = PyLong_FromSsize_t(rec + g->r_inline - s->base);
-        PyObject *cap = PyLong_FromSsize_t(g->inline_size);
+        PyObject *off = PyLong_FromSsize_t(rec + R_INLINE - s->base);
+        PyObject *cap = PyLong_FromSsize_t(INLINE_SIZE);
         PyObject *argv[2] = {off, cap};
         a = (off && cap) ? S_unpack_inline(s, argv, 2) : NULL;
         Py_XDECREF(off);
@@ -255,7 +264,7 @@ route(Shared *s, uint64_t ref, uint64_t parent)
             PyErr_SetString(PyExc_RuntimeError, "completion queue full (broken invariant)");
             return -1;
         }
-        wake_one(s, g->coll_sleepers, g->coll_state, 4, 1, 0);
+        wake_one(s, H_COLLECTOR_SLEEPERS, H_COLLECTOR, 4, 1, 0);
         return 0;
     }
     Py_ssize_t pidx = (Py_ssize_t)(parent & 0xffffffffu) - 1;
@@ -263,20 +272,20 @@ route(Shared *s, uint64_t ref, uint64_t parent)
         PyErr_Format(PyExc_RuntimeError, "corrupt parent ref %llu", (unsigned long long)parent);
         return -1;
     }
-    char *prec = s->base + g->tasks + pidx * g->record;
-    if (atomic_fetch_sub_explicit((a32 *)(prec + g->r_join), 1, memory_order_acq_rel) == 1) {
+    char *prec = s->base + g->tasks + pidx * RECORD_SIZE;
+    if (atomic_fetch_sub_explicit((a32 *)(prec + R_JOIN), 1, memory_order_acq_rel) == 1) {
         /* Relaxed: the owner was stored before the parent's token release,
          * which our acq_rel RMW synchronised with. */
-        uint32_t owner = atomic_load_explicit((a32 *)(prec + g->r_owner), memory_order_relaxed);
+        uint32_t owner = atomic_load_explicit((a32 *)(prec + R_OWNER), memory_order_relaxed);
         if ((Py_ssize_t)owner >= g->nstates) {
             PyErr_Format(PyExc_RuntimeError, "corrupt owner %u", owner);
             return -1;
         }
-        if (!mq_push(s->base + g->inbox0 + owner * g->slice_stride, mask, parent)) {
+        if (!mq_push(s->base + g->inbox0 + owner * g->slice_size, mask, parent)) {
             PyErr_SetString(PyExc_RuntimeError, "inbox full (broken invariant)");
             return -1;
         }
-        wake_one(s, g->sleepers, g->states + owner * g->state_stride, g->state_stride, 1, 0);
+        wake_one(s, H_SLEEPERS, g->states + owner * g->slice_size, g->slice_size, 1, 0);
     }
     return 0;
 }
@@ -329,7 +338,6 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     NARGS(3, "finish");
     if (need_tasks(s) < 0)
         return NULL;
-    TaskGeometry *g = &s->g;
     uint64_t ref;
     a64 *cur = addr(s, args[2], 8);
     if (!cur || as_u64(args[0], &ref) < 0)
@@ -337,16 +345,16 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *rec = task_record(s, ref);
     if (!rec)
         return NULL;
-    a32 *flags = (a32 *)(rec + g->r_flags);
+    a32 *flags = (a32 *)(rec + R_FLAGS);
     uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
-    if (f & g->f_args_blob)
+    if (f & F_ARGS_BLOB)
         Py_RETURN_FALSE;  /* its argument blob must be freed first: the Python path */
-    char *p = rec + g->r_inline;
+    char *p = rec + R_INLINE;
     *p = 1;
-    if (pack_one(args[1], p + 1, p + g->inline_size) < 0)
+    if (pack_one(args[1], p + 1, p + INLINE_SIZE) < 0)
         Py_RETURN_FALSE;
-    atomic_store_explicit(flags, (f | g->f_consumed) & ~g->f_result_blob, memory_order_relaxed);
-    if (settle_record(s, rec, ref, g->s_done, cur) < 0)
+    atomic_store_explicit(flags, (f | F_ARGS_CONSUMED) & ~F_RESULT_BLOB, memory_order_relaxed);
+    if (settle_record(s, rec, ref, S_DONE, cur) < 0)
         return NULL;
     Py_RETURN_TRUE;
 }
@@ -376,23 +384,23 @@ S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t idx = take_record(s, args[1]);
     if (idx < 0)
         return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
-    char *rec = tbase + idx * g->record;
-    a64 *state = (a64 *)(rec + g->r_state);
+    char *rec = tbase + idx * RECORD_SIZE;
+    a64 *state = (a64 *)(rec + R_STATE);
     uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
     uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
     /* Relaxed: published by the release store of the state. */
-    atomic_store_explicit((a32 *)(rec + g->r_fn), (uint32_t)fid, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + g->r_flags), 0, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(rec + g->r_parent), parent, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + g->r_attempts), 0, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_FN), (uint32_t)fid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_FLAGS), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + R_PARENT), parent, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_ATTEMPTS), 0, memory_order_relaxed);
     /* Relaxed RMW: the count is only read as settled through the acq_rel
      * decrements of the children, which this increment happens-before (it
      * precedes the release push that lets the child run). */
-    atomic_fetch_add_explicit((a32 *)(tbase + pidx * g->record + g->r_join), 1, memory_order_relaxed);
-    atomic_store_explicit(state, ((uint64_t)g->s_queued << 32) | gen, memory_order_release);
+    atomic_fetch_add_explicit((a32 *)(tbase + pidx * RECORD_SIZE + R_JOIN), 1, memory_order_relaxed);
+    atomic_store_explicit(state, ((uint64_t)S_QUEUED << 32) | gen, memory_order_release);
     if (!cl_push(dq, dmask, ref) && !mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref))
         return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
-    wake_one(s, g->sleepers, g->states, g->state_stride, g->nstates, 0);
+    wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
     return PyLong_FromUnsignedLongLong(ref);
 }
 
@@ -416,7 +424,7 @@ S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (idx < 0 || idx >= g->capacity)
         return PyErr_Format(PyExc_RuntimeError, "corrupt ref %lld in deque", (long long)ref);
     /* Relaxed: the record was published to us by our own push. */
-    uint64_t p = atomic_load_explicit((a64 *)(s->base + g->tasks + idx * g->record + g->r_parent),
+    uint64_t p = atomic_load_explicit((a64 *)(s->base + g->tasks + idx * RECORD_SIZE + R_PARENT),
                                       memory_order_relaxed);
     if (p == parent) {
         if (mark_taken(s, args, nargs, 2, ref) < 0)
@@ -449,40 +457,40 @@ S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         goto fail;
     char *ring = s->base + g->completions;
     uint64_t mask = (uint64_t)(g->capacity - 1);
-    a64 *head = (a64 *)(s->base + g->free_head);
+    a64 *head = (a64 *)(s->base + H_TASK_FREE);
     char *tbase = s->base + g->tasks;
     for (Py_ssize_t i = 0; i < max; i++) {
         int64_t ref = mq_pop(ring, mask);
         if (ref == R_EMPTY)
             break;
         Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
-        char *rec = tbase + idx * g->record;
-        a64 *state = (a64 *)(rec + g->r_state);
+        char *rec = tbase + idx * RECORD_SIZE;
+        a64 *state = (a64 *)(rec + R_STATE);
         /* Acquire: pairs with the worker's release of the status. */
         uint64_t word = atomic_load_explicit(state, memory_order_acquire);
-        uint32_t flags = atomic_load_explicit((a32 *)(rec + g->r_flags), memory_order_relaxed);
+        uint32_t flags = atomic_load_explicit((a32 *)(rec + R_FLAGS), memory_order_relaxed);
         PyObject *key = PyLong_FromLongLong(ref);
         if (!key)
             goto fail;
-        if ((word >> 32) != g->s_done || (word & GEN_MASK) != ((uint64_t)ref >> 32) ||
-            (flags & (g->f_result_blob | g->f_args_blob))) {
+        if ((word >> 32) != S_DONE || (word & GEN_MASK) != ((uint64_t)ref >> 32) ||
+            (flags & (F_RESULT_BLOB | F_ARGS_BLOB))) {
             int rc = PyList_Append(slow, key);
             Py_DECREF(key);
             if (rc < 0)
                 goto fail;
             continue;
         }
-        PyObject *off = PyLong_FromSsize_t(rec + g->r_inline - s->base);
-        PyObject *cap = PyLong_FromSsize_t(g->inline_size);
+        PyObject *off = PyLong_FromSsize_t(rec + R_INLINE - s->base);
+        PyObject *cap = PyLong_FromSsize_t(INLINE_SIZE);
         PyObject *argv[2] = {off, cap};
         PyObject *tup = (off && cap) ? S_unpack_inline(s, argv, 2) : NULL;
         Py_XDECREF(off);
         Py_XDECREF(cap);
         /* Free the record: the next generation, then the release CAS of the
          * free list publishes it. */
-        atomic_store_explicit(state, ((uint64_t)g->s_free << 32) | ((((uint64_t)ref >> 32) + 1) & GEN_MASK),
+        atomic_store_explicit(state, ((uint64_t)S_FREE << 32) | ((((uint64_t)ref >> 32) + 1) & GEN_MASK),
                               memory_order_relaxed);
-        tagged_push(head, tbase, g->record, g->r_link, idx);
+        tagged_push(head, tbase, RECORD_SIZE, R_LINK, idx);
         if (!tup) {
             Py_DECREF(key);
             goto fail;
@@ -533,9 +541,9 @@ S_free_task(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (idx < 0 || idx >= g->capacity)
         return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
     char *tbase = s->base + g->tasks;
-    atomic_store_explicit((a64 *)(tbase + idx * g->record + g->r_state),
-                          ((uint64_t)g->s_free << 32) | (((ref >> 32) + 1) & GEN_MASK), memory_order_relaxed);
-    tagged_push((a64 *)(s->base + g->free_head), tbase, g->record, g->r_link, idx);
+    atomic_store_explicit((a64 *)(tbase + idx * RECORD_SIZE + R_STATE),
+                          ((uint64_t)S_FREE << 32) | (((ref >> 32) + 1) & GEN_MASK), memory_order_relaxed);
+    tagged_push((a64 *)(s->base + H_TASK_FREE), tbase, RECORD_SIZE, R_LINK, idx);
     Py_RETURN_NONE;
 }
 
