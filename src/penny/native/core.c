@@ -23,7 +23,9 @@
  *     atomics.h       shared-word types, memory orders, CAS failure orders
  *     futex.h         futex wait/wake; notify_word, the waker's half of the
  *                     sleeper protocol (docs/protocols.md)
- *     layout.h        the fixed inner layouts: deque and ring headers
+ *     layout.h        the fixed layouts: deque and ring headers; the task
+ *                     record fields, header words, statuses and flags
+ *                     (exported as _core.LAYOUT, checked by layout.py)
  *     chase_lev.h     the Chase-Lev work-stealing deque (Le, Pop, Cohen,
  *                     Zappa Nardelli, PPoPP 2013): cl_push, cl_pop, cl_steal
  *     mpmc_ring.h     the bounded MPMC ring of Vyukov: mq_push, mq_pop
