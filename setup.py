@@ -1,4 +1,5 @@
 """Build script for the native core; all metadata lives in pyproject.toml."""
+import glob
 import os
 
 from setuptools import Extension, setup
@@ -11,8 +12,21 @@ if sanitize:
     extra += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g", "-O1"]
     link += [f"-fsanitize={sanitize}"]
 
+# One unity translation unit: core.c #includes the other parts of
+# src/penny/native/ (the headers and the CPython .c parts), listed as
+# dependencies so that editing any of them rebuilds the extension.
+native = "src/penny/native"
+unity = f"{native}/core.c"
+parts = sorted(p for p in glob.glob(f"{native}/*.[ch]") if p != unity)
+
 setup(
     ext_modules=[
-        Extension("penny._core", ["src/penny/_core.c"], extra_compile_args=extra, extra_link_args=link)
+        Extension(
+            "penny._core",
+            [unity],
+            depends=parts,
+            extra_compile_args=extra,
+            extra_link_args=link,
+        )
     ]
 )

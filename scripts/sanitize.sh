@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Build the C core with AddressSanitizer + UndefinedBehaviorSanitizer into a
-# scratch copy of the tree and run the tests of the concurrent structures
-# (atomics, Chase-Lev deque, MPMC ring, Treiber stack and arena, parking)
-# against it, multi-process stress tests included.  Any sanitizer report
-# fails the run (halt_on_error).
+# Build the C core (src/penny/native/) with AddressSanitizer +
+# UndefinedBehaviorSanitizer into a scratch copy of the tree and run the
+# tests of the concurrent structures (atomics, Chase-Lev deque, MPMC ring,
+# Treiber stack and arena, parking) against it, multi-process stress tests
+# included.  Any sanitizer report fails the run (halt_on_error).
 #
 # Not covered: the fork-join tests, whose greenlet stack switching ASan
 # cannot follow without fiber annotations (it reports false errors).

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # ThreadSanitizer run of the lock-free structures of the C core: builds
-# tests/c/deque_tsan.c (which #includes src/penny/_core.c, so it tests the
-# very code the extension is built from) with -fsanitize=thread into a
-# scratch directory and runs it: a Chase-Lev deque with one owner and several
-# thieves (spilling to a Vyukov ring), the Vyukov ring with several producers
-# and consumers, and the tagged Treiber stack.  Every item must be taken
-# exactly once, and any TSan report fails the run (exit status 66).
+# tests/c/deque_tsan.c (which #includes the pure C headers chase_lev.h,
+# mpmc_ring.h and tagged_stack.h of src/penny/native/, so it tests the very
+# code the extension is built from; no Python headers or library needed)
+# with -fsanitize=thread into a scratch directory and runs it: a Chase-Lev
+# deque with one owner and several thieves (spilling to a Vyukov ring), the
+# Vyukov ring with several producers and consumers, and the tagged Treiber
+# stack.  Every item must be taken exactly once, and any TSan report fails
+# the run (exit status 66).
 #
 #   bash scripts/tsan.sh [SCALE]      # SCALE multiplies the item counts (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
 CC=${CC:-gcc}
 scale=${1:-1}
 
@@ -18,17 +19,11 @@ if [ ! -e "$($CC -print-file-name=libtsan.so)" ]; then
     echo "tsan: libtsan not found next to $CC; install it (Debian: libgcc-12-dev)" >&2
     exit 1
 fi
-pyconfig="$PY-config"
-command -v "$pyconfig" >/dev/null 2>&1 || pyconfig=python3-config
-includes=$("$pyconfig" --includes)
-ldflags=$("$pyconfig" --ldflags --embed 2>/dev/null || "$pyconfig" --ldflags)
-
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 # -Wno-tsan: the harness handles atomic_thread_fence itself (see its header).
-# shellcheck disable=SC2086
-"$CC" -std=gnu11 -fsanitize=thread -O1 -g -fno-omit-frame-pointer -Wall -Wno-unused-function -Wno-tsan \
-    $includes tests/c/deque_tsan.c -o "$scratch/deque_tsan" $ldflags -lpthread
+"$CC" -std=gnu11 -fsanitize=thread -O1 -g -fno-omit-frame-pointer -Wall -Wextra -Wno-tsan \
+    tests/c/deque_tsan.c -o "$scratch/deque_tsan" -lpthread
 
 export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
 run() { "$scratch/deque_tsan" "$scale"; }

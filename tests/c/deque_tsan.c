@@ -1,15 +1,19 @@
 /*
- * ThreadSanitizer stress of Penny's lock-free structures, on the very code of
- * src/penny/_core.c (included below, not copied):
+ * ThreadSanitizer stress of Penny's lock-free structures, on the very code the
+ * extension is built from: the pure C headers of src/penny/native/ (included
+ * below, not copied; no Python.h):
  *
- *   1. the Chase-Lev deque (cl_push / cl_pop by one owner thread, cl_steal by
- *      several thieves), with the owner spilling to a Vyukov ring when its
- *      deque is full, as the worker loop does;
- *   2. the Vyukov bounded MPMC ring (mq_push / mq_pop), several producers and
- *      consumers;
- *   3. the tagged Treiber stack (tagged_pop / tagged_push), the free list of
- *      task records and arena blocks: threads pop a node, write its data,
- *      push it back.
+ *   1. the Chase-Lev deque of chase_lev.h (cl_push / cl_pop by one owner
+ *      thread, cl_steal by several thieves), with the owner spilling to a
+ *      Vyukov ring when its deque is full, as the worker loop does;
+ *   2. the Vyukov bounded MPMC ring of mpmc_ring.h (mq_push / mq_pop),
+ *      several producers and consumers;
+ *   3. the tagged Treiber stack of tagged_stack.h (tagged_pop / tagged_push),
+ *      the free list of task records and arena blocks: threads pop a node,
+ *      write its data, push it back.
+ *
+ * Each structure is made by its header's own init (cl_init, mq_init), as the
+ * extension's Shared.deque_init / queue_init make it.
  *
  * Each item is taken exactly once (checked with a counter per item), and its
  * payload, written with a plain store before the item is published, is read
@@ -22,21 +26,19 @@
  * by a relaxed store (cl_push publishes `bottom` that way, the Le et al.
  * pattern) creates no happens-before edge for it, so every steal would be
  * reported as a race on the payload although C11 guarantees the edge.  Below,
- * before _core.c is included, atomic_thread_fence still emits the real fence
- * and also marks the thread, and the next relaxed atomic store of that
+ * before the headers are included, atomic_thread_fence still emits the real
+ * fence and also marks the thread, and the next relaxed atomic store of that
  * thread is performed as a release store: exactly the C11 edge for the store
  * that follows the fence (slightly stronger for the writes between the fence
- * and the store, of which _core.c has none).  Acquire fences are not used by
- * the structures tested here.
+ * and the store, of which the headers have none).  Acquire fences are not
+ * used by the structures tested here.
  *
- * Build (scripts/tsan.sh does it):
- *   gcc -fsanitize=thread -O1 -g -std=gnu11 $(python3-config --includes) \
- *       tests/c/deque_tsan.c $(python3-config --ldflags --embed) -lpthread
- * libpython is linked only because the rest of _core.c (the CPython module)
- * is compiled along; no Python function is called.
+ * Build (scripts/tsan.sh does it; no Python headers or library needed):
+ *   gcc -fsanitize=thread -O1 -g -std=gnu11 tests/c/deque_tsan.c -lpthread
  */
 #define _GNU_SOURCE
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,8 +75,10 @@ tsan_fence(memory_order mo)
         }                                                                                \
     })
 
-/* The code under test. */
-#include "../../src/penny/_core.c"
+/* The code under test (pure C; atomics.h and layout.h come with them). */
+#include "../../src/penny/native/chase_lev.h"
+#include "../../src/penny/native/mpmc_ring.h"
+#include "../../src/penny/native/tagged_stack.h"
 
 /* ---- helpers -------------------------------------------------------------- */
 static int failures;
@@ -110,14 +114,12 @@ xorshift(uint64_t *s)
     return *s = x;
 }
 
-/* As S_deque_init / S_queue_init, on raw memory. */
+/* With the init functions of the headers, as Shared.deque_init / queue_init. */
 static char *
 new_deque(uint64_t cap)
 {
     char *b = xalloc(DQ_RING + 8 * cap);
-    atomic_store_explicit((a64 *)(b + DQ_MASK), cap - 1, memory_order_relaxed);
-    atomic_store_explicit((ai64 *)(b + DQ_TOP), 0, memory_order_relaxed);
-    atomic_store_explicit((ai64 *)(b + DQ_BOTTOM), 0, memory_order_release);
+    cl_init(b, cap);
     return b;
 }
 
@@ -125,14 +127,7 @@ static char *
 new_queue(uint64_t cap)
 {
     char *b = xalloc(Q_SLOTS + 16 * cap);
-    a64 *slots = (a64 *)(b + Q_SLOTS);
-    for (uint64_t i = 0; i < cap; i++) {
-        atomic_store_explicit(&slots[2 * i], i, memory_order_relaxed);
-        atomic_store_explicit(&slots[2 * i + 1], 0, memory_order_relaxed);
-    }
-    atomic_store_explicit((a64 *)(b + Q_MASK), cap - 1, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(b + Q_DEQ), 0, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(b + Q_ENQ), 0, memory_order_release);
+    mq_init(b, cap);
     return b;
 }
 
@@ -387,7 +382,7 @@ queue_round(uint64_t cap, uint64_t n, int producers, int consumers)
 typedef struct {
     a64 head;
     char *base;
-    Py_ssize_t count;
+    ptrdiff_t count;
     uint64_t rounds;
     _Atomic uint64_t empty;
 } StackTest;
@@ -398,7 +393,12 @@ stack_main(void *arg)
     StackTest *t = arg;
     uint64_t me = (uint64_t)pthread_self();
     for (uint64_t i = 0; i < t->rounds; i++) {
-        Py_ssize_t idx = tagged_pop(&t->head, t->base, NODE_STRIDE, NODE_LINK, t->count);
+        ptrdiff_t idx = tagged_pop(&t->head, t->base, NODE_STRIDE, NODE_LINK, t->count);
+        if (idx == TS_CORRUPT) {
+            fprintf(stderr, "deque_tsan: FAIL: stack head names no node\n");
+            failures++;
+            return NULL;
+        }
         if (idx < 0) {
             atomic_fetch_add(&t->empty, 1);
             sched_yield();
@@ -407,7 +407,7 @@ stack_main(void *arg)
         uint64_t *data = (uint64_t *)(t->base + idx * NODE_STRIDE + NODE_DATA);
         /* The previous owner's plain writes must be visible (pop acquires). */
         if (data[1] != data[0] * 3 + 1) {
-            fprintf(stderr, "deque_tsan: FAIL: stack node %zd has torn data\n", idx);
+            fprintf(stderr, "deque_tsan: FAIL: stack node %td has torn data\n", idx);
             failures++;
         }
         data[0] = me + i;
@@ -418,14 +418,14 @@ stack_main(void *arg)
 }
 
 static void
-stack_round(Py_ssize_t count, uint64_t rounds, int threads)
+stack_round(ptrdiff_t count, uint64_t rounds, int threads)
 {
     StackTest t;
     memset(&t, 0, sizeof t);
     t.base = xalloc(NODE_STRIDE * count);
     t.count = count;
     t.rounds = rounds;
-    for (Py_ssize_t i = 0; i < count; i++) {
+    for (ptrdiff_t i = 0; i < count; i++) {
         uint64_t *data = (uint64_t *)(t.base + i * NODE_STRIDE + NODE_DATA);
         data[0] = 0;
         data[1] = 1;
@@ -438,16 +438,16 @@ stack_round(Py_ssize_t count, uint64_t rounds, int threads)
         pthread_join(th[i], NULL);
     /* every node is back exactly once */
     char *seen = xalloc((size_t)count);
-    Py_ssize_t got = 0, idx;
+    ptrdiff_t got = 0, idx;
     while ((idx = tagged_pop(&t.head, t.base, NODE_STRIDE, NODE_LINK, count)) >= 0) {
-        CHECK(!seen[idx], "stack: node %zd on the free list twice", idx);
+        CHECK(!seen[idx], "stack: node %td on the free list twice", idx);
         seen[idx] = 1;
         got++;
         CHECK(got <= count, "stack: more nodes than were pushed (a cycle)");
         if (got > count)
             break;
     }
-    CHECK(got == count, "stack: %zd of %zd nodes came back", got, count);
+    CHECK(got == count, "stack: %td of %td nodes came back", got, count);
     printf("deque_tsan: %-28s %7llu pops:  %llu found it empty\n", "stack", (unsigned long long)rounds * threads,
            (unsigned long long)t.empty);
     free(seen);

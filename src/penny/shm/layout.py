@@ -29,8 +29,10 @@ The region is one memfd mapping shared by the main process and its workers::
     +--------------------------------------------------------------+  size
 
 Every hot word sits on its own 64-byte cache line.  The C core knows the
-inner layout of its own structures (deque, ring, stack) and nothing else;
-everything it is told about where they are comes from here.
+inner layout of its own structures (deque, ring, stack) and, compiled in from
+src/penny/native/layout.h, the record fields, header words, statuses and
+flags it uses (checked against the constants here at import); everything it
+is told about where things are comes from here (`bind`).
 """
 
 from __future__ import annotations
@@ -176,6 +178,29 @@ T_RECORDS = LINE       # the records, each TRACE_RECORD bytes (trace.py: RECORD)
 TRACE_RECORD = 32      # u64 time (CLOCK_MONOTONIC ns), u32 kind, u32 a, u64 b, u64 c
 
 
+def _check_core_layout(core_layout=None) -> None:
+    """Refuse a C core built with other constants than these.
+
+    The native core compiles in the record fields, header words, statuses and
+    flags it uses (src/penny/native/layout.h) and exports them as
+    `_core.LAYOUT`; every one must equal the constant of that name here.
+    """
+    if core_layout is None:
+        core_layout = getattr(_core, "LAYOUT", None)
+        if core_layout is None:
+            raise ImportError("penny._core has no LAYOUT: it is older than penny.layout; rebuild it")
+    ours = globals()
+    for name, value in sorted(core_layout.items()):
+        if ours.get(name) != value:
+            mine = ours.get(name, "no such constant")
+            raise ImportError(
+                f"penny._core was built with {name} = {value} (src/penny/native/layout.h), "
+                f"penny.layout has {mine}: change both together and rebuild")
+
+
+_check_core_layout()
+
+
 def _align(n: int, a: int = LINE) -> int:
     return (n + a - 1) // a * a
 
@@ -318,12 +343,11 @@ def ref_generation(ref: int) -> int:
 
 def bind(shared: "_core.Shared", layout: Layout) -> None:
     """Tell the C fast paths (inject/claim/finish/collect) where everything is."""
+    # Only the per-region geometry: the fixed constants are compiled in
+    # (checked against ours by _check_core_layout).
     shared.set_tasks(
-        layout.tasks, layout.task_capacity, RECORD_SIZE, H_TASK_FREE,
-        R_STATE, R_FN, R_FLAGS, R_LINK, R_INLINE, INLINE_SIZE,
-        R_PARENT, R_JOIN, R_OWNER, R_ATTEMPTS, layout.inbox(0), layout.slice_size,
-        layout.injector, layout.completions,
-        H_SLEEPERS, layout.state(0), layout.slice_size, layout.workers,
-        H_COLLECTOR_SLEEPERS, H_COLLECTOR,
-        S_QUEUED, S_RUNNING, S_DONE, S_FREE, F_ARGS_BLOB, F_ARGS_CONSUMED, F_RESULT_BLOB,
+        tasks=layout.tasks, task_capacity=layout.task_capacity,
+        injector=layout.injector, completions=layout.completions,
+        inbox0=layout.inbox(0), state0=layout.state(0),
+        slice_size=layout.slice_size, workers=layout.workers,
     )

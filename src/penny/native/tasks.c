@@ -1,0 +1,623 @@
+/*
+ * tasks.c: the task protocol's fast paths on a Shared object: set_tasks
+ * (where the task machinery is), inject, claim, finish, settle, publish,
+ * spawn, pop_child, collect, free_task, take_batch, token_give/token_take.
+ * Part of the unity build (core.c), not compiled on its own.
+ *
+ * The common case of a task's life in three calls, one per role, so that
+ * Python pays one C call where it would pay ten.  Anything uncommon (pickled
+ * arguments or results, exceptions, cancellation) returns to Python, which
+ * handles it with the generic operations (ops.c).  Orderings are the same as
+ * the Python slow paths document (tasks.py): the status word is stored with
+ * release after the record's contents; readers load it with acquire.
+ */
+
+/* set_tasks(*, tasks, task_capacity, injector, completions, inbox0, state0,
+ *           slice_size, workers): the per-region geometry, keywords only
+ * (layout.bind).  The task table at `tasks` has `task_capacity` records of
+ * RECORD_SIZE bytes; `injector` and `completions` are MPMC rings of as many
+ * slots; worker w's inbox ring and parking word are at inbox0 and state0
+ * plus w * slice_size.  Everything fixed (record fields, header words,
+ * statuses, flags) is compiled in from layout.h. */
+static PyObject *
+S_set_tasks(Shared *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"tasks", "task_capacity", "injector", "completions", "inbox0",
+                             "state0", "slice_size", "workers", NULL};
+    TaskGeometry g;
+    memset(&g, 0, sizeof g);
+    Py_ssize_t *fields[] = {&g.tasks, &g.capacity, &g.injector, &g.completions, &g.inbox0,
+                            &g.states, &g.slice_size, &g.nstates};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        *fields[i] = PY_SSIZE_T_MIN;  /* not given */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$nnnnnnnn:set_tasks", kwlist, &g.tasks, &g.capacity,
+                                     &g.injector, &g.completions, &g.inbox0, &g.states, &g.slice_size,
+                                     &g.nstates))
+        return NULL;
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (*fields[i] == PY_SSIZE_T_MIN)
+            return PyErr_Format(PyExc_TypeError, "set_tasks() missing keyword argument '%s'", kwlist[i]);
+    if (!span(s, g.tasks, g.capacity * RECORD_SIZE) || !span(s, H_TASK_FREE, 8) ||
+        !span(s, g.states, g.slice_size * (g.nstates - 1) + 4) || !span(s, H_COLLECTOR, 4) ||
+        !span(s, H_SLEEPERS, 4) || !span(s, H_COLLECTOR_SLEEPERS, 4) ||
+        !span(s, g.injector, Q_SLOTS + 16 * g.capacity) || !span(s, g.completions, Q_SLOTS + 16 * g.capacity) ||
+        !span(s, g.inbox0 + (g.nstates - 1) * g.slice_size, Q_SLOTS + 16 * g.capacity))
+        return NULL;
+    /* The record fields' alignment is checked at compile time (layout.h). */
+    if (g.inbox0 % 64 || g.slice_size % 64 || g.nstates < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad task geometry");
+        return NULL;
+    }
+    g.ready = 1;
+    s->g = g;
+    Py_RETURN_NONE;
+}
+
+static inline int
+need_tasks(Shared *s)
+{
+    if (check_live(s) < 0)
+        return -1;
+    if (!s->g.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "set_tasks() was not called");
+        return -1;
+    }
+    return 0;
+}
+
+/* Same wake-one as S_notify, from C. */
+static void
+wake_one(Shared *s, Py_ssize_t sleepers_off, Py_ssize_t states, Py_ssize_t stride, Py_ssize_t count,
+         Py_ssize_t start)
+{
+    /* SeqCst fence: see S_notify. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit((a32 *)(s->base + sleepers_off), memory_order_relaxed) == 0)
+        return;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t w = (start + i) % count;
+        if (notify_word((a32 *)(s->base + states + w * stride)))
+            return;
+    }
+}
+
+#define GEN_MASK 0x7fffffffu
+
+enum { TR_FULL = -1, TR_NOT_INLINE = -2 };
+
+/* Take a free record and pack the tuple or list `seq` into its inline area.
+ * Returns the record's index; TR_FULL when no record is free; TR_NOT_INLINE
+ * when `seq` does not fit inline (the record went back to the free list). */
+static Py_ssize_t
+take_record(Shared *s, PyObject *seq)
+{
+    TaskGeometry *g = &s->g;
+    Py_ssize_t n;
+    PyObject **items;
+    if (PyTuple_CheckExact(seq)) {
+        n = PyTuple_GET_SIZE(seq);
+        items = &PyTuple_GET_ITEM(seq, 0);
+    } else if (PyList_CheckExact(seq)) {
+        n = PyList_GET_SIZE(seq);
+        items = &PyList_GET_ITEM(seq, 0);
+    } else {
+        return TR_NOT_INLINE;
+    }
+    if (n > 255)
+        return TR_NOT_INLINE;
+    a64 *head = (a64 *)(s->base + H_TASK_FREE);
+    char *tbase = s->base + g->tasks;
+    Py_ssize_t idx = tagged_pop(head, tbase, RECORD_SIZE, R_LINK, g->capacity);
+    if (idx < 0)
+        return TR_FULL;
+    char *p = tbase + idx * RECORD_SIZE + R_INLINE, *end = p + INLINE_SIZE, *q = p + 1;
+    *p = (char)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t w = pack_one(items[i], q, end);
+        if (w < 0) {
+            tagged_push(head, tbase, RECORD_SIZE, R_LINK, idx);
+            return TR_NOT_INLINE;
+        }
+        q += w;
+    }
+    return idx;
+}
+
+/* inject(fid, args, future, futures) -> ref; 0 when no record is free; -1 when
+ * the arguments are not inlinable (nothing was taken).  On success the future
+ * is in `futures` under the ref *before* the ref is visible to any worker. */
+static PyObject *
+S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(4, "inject");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    unsigned long fid = PyLong_AsUnsignedLong(args[0]);
+    if (fid == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    a64 *head = (a64 *)(s->base + H_TASK_FREE);
+    char *tbase = s->base + g->tasks;
+    Py_ssize_t idx = take_record(s, args[1]);
+    if (idx < 0)
+        return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
+    char *rec = tbase + idx * RECORD_SIZE;
+    a64 *state = (a64 *)(rec + R_STATE);
+    /* Relaxed: we own the record (popped with acquire). */
+    uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
+    uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
+    PyObject *key = PyLong_FromUnsignedLongLong(ref);
+    if (!key || PyDict_SetItem(args[3], key, args[2]) < 0 ||
+        PyObject_SetAttrString(args[2], "_ref", key) < 0) {
+        Py_XDECREF(key);
+        tagged_push(head, tbase, RECORD_SIZE, R_LINK, idx);
+        return NULL;
+    }
+    /* Relaxed field stores, published by the release store of the state.
+     * Every field a reader uses is written: the record was some other task's. */
+    atomic_store_explicit((a32 *)(rec + R_FN), (uint32_t)fid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_FLAGS), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + R_PARENT), 0, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_ATTEMPTS), 0, memory_order_relaxed);
+    atomic_store_explicit(state, ((uint64_t)S_QUEUED << 32) | gen, memory_order_release);
+    /* The ring's release store of seq publishes the record to the popper. */
+    if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
+        Py_DECREF(key);
+        return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+    }
+    wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
+    return key;
+}
+
+/* The record a ref names (any generation); NULL with ValueError if out of range. */
+static char *
+task_record(Shared *s, uint64_t ref)
+{
+    TaskGeometry *g = &s->g;
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
+    if (idx < 0 || idx >= g->capacity) {
+        PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
+        return NULL;
+    }
+    return s->base + g->tasks + idx * RECORD_SIZE;
+}
+
+static int route(Shared *s, uint64_t ref, uint64_t parent);
+
+/* The last step of finishing a task whose outcome is written: read the parent
+ * (relaxed: written by the spawner before the release that published us; read
+ * before the status store, after which the record may be freed), store the
+ * status (release: the outcome is visible to whoever acquires it), clear
+ * the worker's current word, route the task. */
+static int
+settle_record(Shared *s, char *rec, uint64_t ref, uint64_t status, a64 *cur)
+{
+    uint64_t parent = atomic_load_explicit((a64 *)(rec + R_PARENT), memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + R_STATE), (status << 32) | (ref >> 32), memory_order_release);
+    atomic_store_explicit(cur, 0, memory_order_relaxed);
+    return route(s, ref, parent);
+}
+
+/* claim(ref, current_off, wid) -> (fid, flags, args or None) or None.
+ * Worker: CAS the record QUEUED -> RUNNING (AcqRel: we see the submitter's
+ * writes), note it as current, and decode inline arguments.  None means the
+ * task is not queued any more (cancelled); args None means they are pickled. */
+static PyObject *
+S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "claim");
+    if (need_tasks(s) < 0)
+        return NULL;
+    uint64_t ref, wid;
+    a64 *cur = addr(s, args[1], 8);
+    if (!cur || as_u64(args[0], &ref) < 0 || as_u64(args[2], &wid) < 0)
+        return NULL;
+    char *rec = task_record(s, ref);
+    if (!rec)
+        return NULL;
+    uint64_t gen = ref >> 32;
+    uint64_t exp = ((uint64_t)S_QUEUED << 32) | gen;
+    if (!atomic_compare_exchange_strong_explicit((a64 *)(rec + R_STATE), &exp,
+                                                 ((uint64_t)S_RUNNING << 32) | gen,
+                                                 memory_order_acq_rel, memory_order_acquire))
+        Py_RETURN_NONE;
+    /* Relaxed: read only by the supervisor after this process has died. */
+    atomic_store_explicit(cur, ref, memory_order_relaxed);
+    /* Relaxed: no child exists yet; children see these through the release
+     * push of their own spawn.  join starts at 1: the running task's token
+     * (see fibers.py, "suspend"). */
+    atomic_store_explicit((a32 *)(rec + R_OWNER), (uint32_t)wid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_JOIN), 1, memory_order_relaxed);
+    uint32_t fid = atomic_load_explicit((a32 *)(rec + R_FN), memory_order_relaxed);
+    uint32_t flags = atomic_load_explicit((a32 *)(rec + R_FLAGS), memory_order_relaxed);
+    PyObject *a;
+    if (flags & F_ARGS_BLOB) {
+        a = Py_NewRef(Py_None);
+    } else {
+        PyObject *off = PyLong_FromSsize_t(rec + R_INLINE - s->base);
+        PyObject *cap = PyLong_FromSsize_t(INLINE_SIZE);
+        PyObject *argv[2] = {off, cap};
+        a = (off && cap) ? S_unpack_inline(s, argv, 2) : NULL;
+        Py_XDECREF(off);
+        Py_XDECREF(cap);
+        if (!a)
+            return NULL;
+    }
+    PyObject *r = Py_BuildValue("(kkN)", (unsigned long)fid, (unsigned long)flags, a);
+    return r;
+}
+
+/* Route a finished task (its status already stored, `parent` read before
+ * that store, since the record may be freed by its reader right after).
+ * A root task goes to the completion ring and wakes the collector.  A child
+ * gives up its count on the parent: AcqRel, so the parent that reads the
+ * count as settled sees our result; the child that takes the count to zero
+ * (the parent has released its own token: it is suspended) posts the
+ * parent's ref to its owner's inbox and wakes the owner. */
+static int
+route(Shared *s, uint64_t ref, uint64_t parent)
+{
+    TaskGeometry *g = &s->g;
+    uint64_t mask = (uint64_t)(g->capacity - 1);
+    if (parent == 0) {
+        if (!mq_push(s->base + g->completions, mask, ref)) {
+            PyErr_SetString(PyExc_RuntimeError, "completion queue full (broken invariant)");
+            return -1;
+        }
+        wake_one(s, H_COLLECTOR_SLEEPERS, H_COLLECTOR, 4, 1, 0);
+        return 0;
+    }
+    Py_ssize_t pidx = (Py_ssize_t)(parent & 0xffffffffu) - 1;
+    if (pidx < 0 || pidx >= g->capacity) {
+        PyErr_Format(PyExc_RuntimeError, "corrupt parent ref %llu", (unsigned long long)parent);
+        return -1;
+    }
+    char *prec = s->base + g->tasks + pidx * RECORD_SIZE;
+    if (atomic_fetch_sub_explicit((a32 *)(prec + R_JOIN), 1, memory_order_acq_rel) == 1) {
+        /* Relaxed: the owner was stored before the parent's token release,
+         * which our acq_rel RMW synchronised with. */
+        uint32_t owner = atomic_load_explicit((a32 *)(prec + R_OWNER), memory_order_relaxed);
+        if ((Py_ssize_t)owner >= g->nstates) {
+            PyErr_Format(PyExc_RuntimeError, "corrupt owner %u", owner);
+            return -1;
+        }
+        if (!mq_push(s->base + g->inbox0 + owner * g->slice_size, mask, parent)) {
+            PyErr_SetString(PyExc_RuntimeError, "inbox full (broken invariant)");
+            return -1;
+        }
+        wake_one(s, H_SLEEPERS, g->states + owner * g->slice_size, g->slice_size, 1, 0);
+    }
+    return 0;
+}
+
+/* settle(ref, status, current_off): finish_slow's last step in one call:
+ * read the parent, store the status (release: the outcome written before it
+ * is visible to whoever acquires it), clear current, route the task.  One
+ * call, so a worker killed here cannot leave a finished task unrouted except
+ * in a window of a few instructions. */
+static PyObject *
+S_settle(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "settle");
+    if (need_tasks(s) < 0)
+        return NULL;
+    uint64_t ref, status;
+    a64 *cur = addr(s, args[2], 8);
+    if (!cur || as_u64(args[0], &ref) < 0 || as_u64(args[1], &status) < 0)
+        return NULL;
+    char *rec = task_record(s, ref);
+    if (!rec)
+        return NULL;
+    if (settle_record(s, rec, ref, status, cur) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* publish(ref, parent): route a task whose status the caller stored. */
+static PyObject *
+S_publish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "publish");
+    if (need_tasks(s) < 0)
+        return NULL;
+    uint64_t ref, parent;
+    if (as_u64(args[0], &ref) < 0 || as_u64(args[1], &parent) < 0)
+        return NULL;
+    if (route(s, ref, parent) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* finish(ref, value, current_off) -> bool.  Worker: if `value` fits inline,
+ * store it, mark the task DONE (release), clear current and route it (see
+ * route).  False: nothing was done (the caller pickles).  Only for tasks
+ * whose arguments were inline. */
+static PyObject *
+S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "finish");
+    if (need_tasks(s) < 0)
+        return NULL;
+    uint64_t ref;
+    a64 *cur = addr(s, args[2], 8);
+    if (!cur || as_u64(args[0], &ref) < 0)
+        return NULL;
+    char *rec = task_record(s, ref);
+    if (!rec)
+        return NULL;
+    a32 *flags = (a32 *)(rec + R_FLAGS);
+    uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
+    if (f & F_ARGS_BLOB)
+        Py_RETURN_FALSE;  /* its argument blob must be freed first: the Python path */
+    char *p = rec + R_INLINE;
+    *p = 1;
+    if (pack_one(args[1], p + 1, p + INLINE_SIZE) < 0)
+        Py_RETURN_FALSE;
+    atomic_store_explicit(flags, (f | F_ARGS_CONSUMED) & ~F_RESULT_BLOB, memory_order_relaxed);
+    if (settle_record(s, rec, ref, S_DONE, cur) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+/* spawn(fid, args, parent, deque_off) -> ref; 0 when no record is free; -1
+ * when the arguments are not inlinable (nothing was taken).  Worker: a child
+ * record with inline arguments, counted on the parent's join, pushed on the
+ * worker's own deque (spilled to the global queue when full); one sleeper
+ * is woken to steal it. */
+static PyObject *
+S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(4, "spawn");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t fid, parent, dmask;
+    if (as_u64(args[0], &fid) < 0 || as_u64(args[2], &parent) < 0)
+        return NULL;
+    char *dq = deque_at(s, args[3], &dmask);
+    if (!dq)
+        return NULL;
+    Py_ssize_t pidx = (Py_ssize_t)(parent & 0xffffffffu) - 1;
+    if (pidx < 0 || pidx >= g->capacity)
+        return PyErr_Format(PyExc_ValueError, "bad parent ref %llu", (unsigned long long)parent);
+    char *tbase = s->base + g->tasks;
+    Py_ssize_t idx = take_record(s, args[1]);
+    if (idx < 0)
+        return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
+    char *rec = tbase + idx * RECORD_SIZE;
+    a64 *state = (a64 *)(rec + R_STATE);
+    uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
+    uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
+    /* Relaxed: published by the release store of the state. */
+    atomic_store_explicit((a32 *)(rec + R_FN), (uint32_t)fid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_FLAGS), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + R_PARENT), parent, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_ATTEMPTS), 0, memory_order_relaxed);
+    /* Relaxed RMW: the count is only read as settled through the acq_rel
+     * decrements of the children, which this increment happens-before (it
+     * precedes the release push that lets the child run). */
+    atomic_fetch_add_explicit((a32 *)(tbase + pidx * RECORD_SIZE + R_JOIN), 1, memory_order_relaxed);
+    atomic_store_explicit(state, ((uint64_t)S_QUEUED << 32) | gen, memory_order_release);
+    if (!cl_push(dq, dmask, ref) && !mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref))
+        return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+    wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
+    return PyLong_FromUnsignedLongLong(ref);
+}
+
+/* pop_child(deque_off, parent) -> ref or 0.  Owner: pop the bottom of its
+ * deque if it is a child of `parent`; otherwise push it back and return 0. */
+static PyObject *
+S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "pop_child");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t dmask, parent;
+    char *dq = deque_at(s, args[0], &dmask);
+    if (!dq || as_u64(args[1], &parent) < 0)
+        return NULL;
+    int64_t ref = cl_pop(dq, dmask);
+    if (ref <= 0)
+        return PyLong_FromLong(0);
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
+    if (idx < 0 || idx >= g->capacity)
+        return PyErr_Format(PyExc_RuntimeError, "corrupt ref %lld in deque", (long long)ref);
+    /* Relaxed: the record was published to us by our own push. */
+    uint64_t p = atomic_load_explicit((a64 *)(s->base + g->tasks + idx * RECORD_SIZE + R_PARENT),
+                                      memory_order_relaxed);
+    if (p == parent) {
+        if (mark_taken(s, args, nargs, 2, ref) < 0)
+            return NULL;
+        return PyLong_FromLongLong(ref);
+    }
+    /* Not ours to run here: put it back where it was (we are the owner and
+     * just emptied that slot, so the push cannot fail). */
+    cl_push(dq, dmask, (uint64_t)ref);
+    return PyLong_FromLong(0);
+}
+
+/* collect(max, futures) -> (fast, slow).  Collector: pop up to `max` finished
+ * refs.  A DONE task with an inline result is decoded, its record freed and
+ * (future, value) appended to `fast` (the future popped from `futures`; None
+ * if absent).  Every other ref goes to `slow` untouched for Python. */
+static PyObject *
+S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "collect");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    Py_ssize_t max = PyLong_AsSsize_t(args[0]);
+    if (max == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *futures = args[1];
+    PyObject *fast = PyList_New(0), *slow = PyList_New(0);
+    if (!fast || !slow)
+        goto fail;
+    char *ring = s->base + g->completions;
+    uint64_t mask = (uint64_t)(g->capacity - 1);
+    a64 *head = (a64 *)(s->base + H_TASK_FREE);
+    char *tbase = s->base + g->tasks;
+    for (Py_ssize_t i = 0; i < max; i++) {
+        int64_t ref = mq_pop(ring, mask);
+        if (ref == R_EMPTY)
+            break;
+        Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
+        char *rec = tbase + idx * RECORD_SIZE;
+        a64 *state = (a64 *)(rec + R_STATE);
+        /* Acquire: pairs with the worker's release of the status. */
+        uint64_t word = atomic_load_explicit(state, memory_order_acquire);
+        uint32_t flags = atomic_load_explicit((a32 *)(rec + R_FLAGS), memory_order_relaxed);
+        PyObject *key = PyLong_FromLongLong(ref);
+        if (!key)
+            goto fail;
+        if ((word >> 32) != S_DONE || (word & GEN_MASK) != ((uint64_t)ref >> 32) ||
+            (flags & (F_RESULT_BLOB | F_ARGS_BLOB))) {
+            int rc = PyList_Append(slow, key);
+            Py_DECREF(key);
+            if (rc < 0)
+                goto fail;
+            continue;
+        }
+        PyObject *off = PyLong_FromSsize_t(rec + R_INLINE - s->base);
+        PyObject *cap = PyLong_FromSsize_t(INLINE_SIZE);
+        PyObject *argv[2] = {off, cap};
+        PyObject *tup = (off && cap) ? S_unpack_inline(s, argv, 2) : NULL;
+        Py_XDECREF(off);
+        Py_XDECREF(cap);
+        /* Free the record: the next generation, then the release CAS of the
+         * free list publishes it. */
+        atomic_store_explicit(state, ((uint64_t)S_FREE << 32) | ((((uint64_t)ref >> 32) + 1) & GEN_MASK),
+                              memory_order_relaxed);
+        tagged_push(head, tbase, RECORD_SIZE, R_LINK, idx);
+        if (!tup) {
+            Py_DECREF(key);
+            goto fail;
+        }
+        PyObject *fut = PyDict_GetItemWithError(futures, key);
+        if (fut) {
+            Py_INCREF(fut);
+            if (PyDict_DelItem(futures, key) < 0) {
+                Py_DECREF(fut);
+                fut = NULL;
+            }
+        }
+        Py_DECREF(key);
+        if (!fut && PyErr_Occurred()) {
+            Py_DECREF(tup);
+            goto fail;
+        }
+        PyObject *pair = PyTuple_Pack(2, fut ? fut : Py_None, PyTuple_GET_ITEM(tup, 0));
+        Py_XDECREF(fut);
+        Py_DECREF(tup);
+        if (!pair || PyList_Append(fast, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+    }
+    return Py_BuildValue("(NN)", fast, slow);
+fail:
+    /* Only on MemoryError; refs popped in this call are lost with it. */
+    Py_XDECREF(fast);
+    Py_XDECREF(slow);
+    return NULL;
+}
+
+/* free_task(ref): recycle a record whose outcome was read and whose blobs
+ * were freed: the next generation, then the free list's release CAS. */
+static PyObject *
+S_free_task(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "free_task");
+    if (need_tasks(s) < 0)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    uint64_t ref;
+    if (as_u64(args[0], &ref) < 0)
+        return NULL;
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
+    if (idx < 0 || idx >= g->capacity)
+        return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
+    char *tbase = s->base + g->tasks;
+    atomic_store_explicit((a64 *)(tbase + idx * RECORD_SIZE + R_STATE),
+                          ((uint64_t)S_FREE << 32) | (((ref >> 32) + 1) & GEN_MASK), memory_order_relaxed);
+    tagged_push((a64 *)(s->base + H_TASK_FREE), tbase, RECORD_SIZE, R_LINK, idx);
+    Py_RETURN_NONE;
+}
+
+/* take_batch(queue, max, deque, current_off) -> (first ref or EMPTY, count).
+ * A worker's batch from the global queue, in one call: pop up to `max` refs
+ * (at most 64), mark the first as taken (see mark_taken) and push the others
+ * on the worker's own deque, newest first so the oldest is popped next
+ * (spilling back to the queue if the deque is full).  No ref is ever held
+ * only by a Python frame. */
+static PyObject *
+S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(4, "take_batch");
+    uint64_t qmask, dmask;
+    char *q = queue_at(s, args[0], &qmask);
+    char *dq = q ? deque_at(s, args[2], &dmask) : NULL;
+    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
+    if (!q || !dq || (max == -1 && PyErr_Occurred()))
+        return NULL;
+    int64_t refs[64];
+    if (max > 64)
+        max = 64;
+    Py_ssize_t n = 0;
+    while (n < max) {
+        int64_t x = mq_pop(q, qmask);
+        if (x == R_EMPTY)
+            break;
+        refs[n++] = x;
+    }
+    if (n == 0)
+        return Py_BuildValue("(Ln)", (long long)R_EMPTY, (Py_ssize_t)0);
+    if (mark_taken(s, args, nargs, 3, refs[0]) < 0)
+        return NULL;  /* a bad offset: a bug in the caller, caught in tests */
+    for (Py_ssize_t i = n - 1; i >= 1; i--)
+        if (!cl_push(dq, dmask, (uint64_t)refs[i]) && !mq_push(q, qmask, (uint64_t)refs[i]))
+            return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+    return Py_BuildValue("(Ln)", (long long)refs[0], n);
+}
+
+/* token_give(flags_off, flag, join_off) -> the join count before.  A task
+ * about to suspend: mark it suspended (flag in its record's flags) and give
+ * up its join token, back to back, so a supervisor that finds the worker
+ * dead sees both or (in a window of one instruction) neither.  The flags
+ * word is written only by the task's owner; relaxed, ordered before the
+ * acq_rel RMW (which pairs with the children's decrements). */
+static PyObject *
+S_token_give(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "token_give");
+    uint64_t flag;
+    a32 *flags = addr(s, args[0], 4);
+    a32 *join = addr(s, args[2], 4);
+    if (!flags || !join || as_u64(args[1], &flag) < 0)
+        return NULL;
+    atomic_store_explicit(flags, atomic_load_explicit(flags, memory_order_relaxed) | (uint32_t)flag,
+                          memory_order_relaxed);
+    return PyLong_FromUnsignedLong(atomic_fetch_sub_explicit(join, 1, memory_order_acq_rel));
+}
+
+/* token_take(flags_off, flag, join_off): a resumed task (every child done, the
+ * count is 0) takes its token back and clears the mark, back to back.
+ * Relaxed: no child of ours is outstanding, nobody else writes them now. */
+static PyObject *
+S_token_take(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "token_take");
+    uint64_t flag;
+    a32 *flags = addr(s, args[0], 4);
+    a32 *join = addr(s, args[2], 4);
+    if (!flags || !join || as_u64(args[1], &flag) < 0)
+        return NULL;
+    atomic_store_explicit(join, 1, memory_order_relaxed);
+    atomic_store_explicit(flags, atomic_load_explicit(flags, memory_order_relaxed) & ~(uint32_t)flag,
+                          memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
