@@ -9,7 +9,7 @@ thief or the owner: there may be more), as crossbeam-deque's ``Steal`` does.
 Items are task refs: positive 63-bit integers.  The ring is bounded; `push`
 returns False when it is full and the caller spills to the global queue, so
 nothing is ever dropped.  Orderings follow Le, Pop, Cohen and Zappa Nardelli
-(PPoPP 2013) and are commented at each access in ``_core.c``.
+(PPoPP 2013) and are commented at each access in ``src/penny/native/chase_lev.h``.
 """
 
 from __future__ import annotations

@@ -3,42 +3,7 @@
 import random
 
 import penny
-
-
-def fib_serial(n):
-    return n if n < 2 else fib_serial(n - 1) + fib_serial(n - 2)
-
-
-def fib(n, cutoff=10):
-    if n <= cutoff:
-        return fib_serial(n)
-    x = penny.spawn(fib, n - 1, cutoff)
-    y = fib(n - 2, cutoff)
-    return penny.sync(x) + y
-
-
-def queens_serial(n, row=0, cols=0, d1=0, d2=0):
-    if row == n:
-        return 1
-    count = 0
-    free = ~(cols | d1 | d2) & ((1 << n) - 1)
-    while free:
-        bit = free & -free
-        free ^= bit
-        count += queens_serial(n, row + 1, cols | bit, (d1 | bit) << 1, (d2 | bit) >> 1)
-    return count
-
-
-def queens(n, row=0, cols=0, d1=0, d2=0, cutoff=3):
-    if row >= cutoff:
-        return queens_serial(n, row, cols, d1, d2)
-    handles = []
-    free = ~(cols | d1 | d2) & ((1 << n) - 1)
-    while free:
-        bit = free & -free
-        free ^= bit
-        handles.append(penny.spawn(queens, n, row + 1, cols | bit, (d1 | bit) << 1, (d2 | bit) >> 1, cutoff))
-    return sum(penny.sync(h) for h in handles)
+from penny.workloads import fib, fib_serial, queens, queens_serial  # noqa: F401 - tests call them as t.fib, ...
 
 
 def tree_sum(lo, hi):

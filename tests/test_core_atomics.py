@@ -270,7 +270,7 @@ def test_value_must_be_an_int(mem):
         mem.fetch_add32(0, "1")
 
 
-# Regression (found by this test, fixed in _core.c as_u64): values outside
+# Regression (found by this test, fixed in the C core's as_u64, native/shared.c): values outside
 # [-2**63, 2**64) once wrapped modulo 2**64 (store64(off, 2**64 + 5) stored 5,
 # deque_push pushed ref 5); they must raise OverflowError instead.
 @pytest.mark.parametrize("value", [(1 << 64) + 5, -(1 << 63) - 1])

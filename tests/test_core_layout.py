@@ -12,7 +12,8 @@ import mmap
 
 import pytest
 
-from penny import _core, layout
+from penny import _core
+from penny.shm import layout
 
 # Every constant layout.h shares with layout.py (record fields, header words,
 # statuses, flags): the set the import check covers.
@@ -50,9 +51,9 @@ def test_the_check_refuses_a_constant_layout_py_lacks():
 
 
 def test_importing_layout_runs_the_check(monkeypatch):
-    """A fresh copy of penny.layout, executed with a wrong _core.LAYOUT, fails to import."""
+    """A fresh copy of penny.shm.layout, executed with a wrong _core.LAYOUT, fails to import."""
     monkeypatch.setitem(_core.LAYOUT, "R_JOIN", layout.R_JOIN + 4)
-    spec = importlib.util.find_spec("penny.layout")
+    spec = importlib.util.find_spec("penny.shm.layout")
     fresh = importlib.util.module_from_spec(spec)  # not put in sys.modules
     with pytest.raises(ImportError, match="R_JOIN"):
         spec.loader.exec_module(fresh)

@@ -379,4 +379,4 @@ def test_cli_demo_small_with_trace(tmp_path):
     assert "Nested fork-join" in p.stdout and "Shared-array kernel" in p.stdout
     tr = json.loads(path.read_text())
     names = {e["name"] for e in _task_events(tr)}
-    assert "penny.cli.count_primes" in names and "penny.cli.fib" in names
+    assert "penny.cli.count_primes" in names and "penny.workloads.fib" in names

@@ -179,7 +179,7 @@ def test_notify_checks_the_sleeper_word(mem):
         mem.notify(SLEEPERS, STATES, STRIDE, 1)
 
 
-# Regression (found by this test, fixed in _core.c notify_word): notify loaded
+# Regression (found by this test, fixed in notify_word, native/futex.h): notify loaded
 # a parking word, saw SLEEPY and CASed SLEEPY -> NOTIFIED; when the sleeper's
 # own CAS SLEEPY -> SLEEPING (protocol step 4) landed in between, notify's CAS
 # failed and it moved on instead of retrying with the value it observed: a

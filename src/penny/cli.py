@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from .workloads import fib, fib_serial
+
 # ---- task functions for the demo (module level: workers import them by name) ----------
 
 
@@ -39,21 +41,6 @@ def add(a, b):
 
 def square(x):
     return x * x
-
-
-def fib_serial(n: int) -> int:
-    return n if n < 2 else fib_serial(n - 1) + fib_serial(n - 2)
-
-
-def fib(n: int, cutoff: int) -> int:
-    """Nested fork-join: each level spawns one child that an idle worker may steal."""
-    import penny
-
-    if n <= cutoff:
-        return fib_serial(n)
-    x = penny.spawn(fib, n - 1, cutoff)
-    y = fib(n - 2, cutoff)
-    return penny.sync(x) + y
 
 
 def count_primes(lo: int, hi: int) -> int:

@@ -227,26 +227,25 @@ class Scheduler(Frontend):
 
     def _inject(self, fut: TaskFuture, fid: int, args, kwargs, data=None) -> bool:
         """Put one call in a record and on the global queue; False if no record is free.
-        The general path (pickled arguments); `Shared.inject` is its fast twin."""
+        The general path (pickled arguments): the arguments are encoded here,
+        and `Shared.enqueue` takes the steps it shares with `Shared.inject`
+        (register the future, publish the record, push, wake a worker)."""
         tasks = self._tasks
         ref = tasks.alloc()
         if not ref:
             return False
-        s = self._s
         rec = tasks.record(ref)
         try:
             flags = marshal.encode_args(tasks, self._arena, rec, args, kwargs, data)
         except BaseException:
             tasks.free(ref)
             raise
-        tasks.prepare(rec, fid, flags, 0)  # published by the release store of the status
-        tasks.set_status(ref, S_QUEUED)
-        fut._ref = ref
-        self._futures[ref] = fut  # before the push: the completion may come at once
-        # The push's release store publishes the record to the worker that pops it.
-        if not s.queue_push(self._injector, ref):
-            raise RuntimeError("penny: global queue full (broken invariant)")
-        self._wake_workers.notify_one()
+        try:
+            self._s.enqueue(ref, fid, flags, fut, self._futures)
+        except BaseException:
+            marshal.unencode_args(tasks, self._arena, rec, flags, owned=data is None)
+            tasks.free(ref)
+            raise
         return True
 
     def _drain_backlog(self) -> None:

@@ -11,7 +11,7 @@
  * sleeper announces itself (SeqCst store of SLEEPY to its word, then SeqCst
  * increment of the sleeper count) and re-checks for work before it sleeps;
  * a waker publishes work, then issues a SeqCst fence before it reads the
- * sleeper count (S_notify in ops.c, wake_one in tasks.c).  Either the
+ * sleeper count (notify_one, below: Shared.notify and the C fast paths).  Either the
  * sleeper sees the work or the waker sees it counted ("no lost wake-up").
  * notify_word's AcqRel CAS makes the waker's publication happen-before the
  * sleeper's wake-up.
@@ -19,6 +19,7 @@
 #ifndef PENNY_FUTEX_H
 #define PENNY_FUTEX_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 #include <linux/futex.h>
@@ -70,6 +71,33 @@ notify_word(a32 *st)
         }
     }
     return 0;
+}
+
+/* notify_one: the waker's whole half of the protocol.  `base` + states is a
+ * table of `count` parking words `stride` bytes apart, `base` + sleepers the
+ * count of announced sleepers; call after publishing work.  Wakes the first
+ * sleeper found from index `start` on; returns its index, or -1 if nobody
+ * was asleep.  Used by Shared.notify (Python) and by every C fast path that
+ * publishes work (tasks.c): one implementation. */
+static inline ptrdiff_t
+notify_one(char *base, ptrdiff_t sleepers, ptrdiff_t states, ptrdiff_t stride, ptrdiff_t count,
+           ptrdiff_t start)
+{
+    /* SeqCst fence: orders the publication of the work (before this call)
+     * before the load of the sleeper count, against the sleeper's SeqCst
+     * increment before it re-checks for work.  Either it sees our work or
+     * we see it counted (docs/protocols.md, "no lost wake-up"). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit((a32 *)(base + sleepers), memory_order_relaxed) == 0)
+        return -1;
+    for (ptrdiff_t i = 0; i < count; i++) {
+        ptrdiff_t w = (start + i) % count;
+        if (w < 0)
+            w += count;
+        if (notify_word((a32 *)(base + states + w * stride)))
+            return w;
+    }
+    return -1;
 }
 
 #endif /* PENNY_FUTEX_H */

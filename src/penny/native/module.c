@@ -44,6 +44,8 @@ static PyMethodDef Shared_methods[] = {
     {"claim", (PyCFunction)(void (*)(void))S_claim, METH_FASTCALL, "claim(ref, current_off, wid) -> (fid, flags, args|None) or None"},
     {"finish", (PyCFunction)(void (*)(void))S_finish, METH_FASTCALL, "finish(ref, value, current_off) -> bool"},
     {"publish", (PyCFunction)(void (*)(void))S_publish, METH_FASTCALL, "publish(ref, parent): route a finished task"},
+    {"enqueue", (PyCFunction)(void (*)(void))S_enqueue, METH_FASTCALL, "enqueue(ref, fid, flags, future, futures) -> ref: inject for a record Python filled"},
+    {"enqueue_child", (PyCFunction)(void (*)(void))S_enqueue_child, METH_FASTCALL, "enqueue_child(ref, fid, flags, parent, deque_off) -> ref: spawn for a record Python filled"},
     {"spawn", (PyCFunction)(void (*)(void))S_spawn, METH_FASTCALL, "spawn(fid, args, parent, deque_off) -> ref, 0 or -1"},
     {"bump", (PyCFunction)(void (*)(void))S_bump, METH_FASTCALL, "bump(off, size, limit) -> old or -1"},
     {"free_task", (PyCFunction)(void (*)(void))S_free_task, METH_FASTCALL, "free_task(ref): recycle a record"},

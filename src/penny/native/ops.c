@@ -526,21 +526,7 @@ S_notify(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (count <= 0 || stride % 4 || !span(s, states, stride * (count - 1) + 4) || states % 4)
         return PyErr_Format(PyExc_ValueError, "bad sleeper table geometry");
-    /* SeqCst fence: orders the publication of the work (before this call)
-     * before the load of the sleeper count, against the sleeper's SeqCst
-     * increment before it re-checks for work.  Either it sees our work or
-     * we see it counted (docs/protocols.md, "no lost wake-up"). */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(sleepers, memory_order_relaxed) == 0)
-        return PyLong_FromLong(-1);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t w = (start + i) % count;
-        if (w < 0)
-            w += count;
-        if (notify_word((a32 *)(s->base + states + w * stride)))
-            return PyLong_FromSsize_t(w);
-    }
-    return PyLong_FromLong(-1);
+    return PyLong_FromSsize_t(notify_one(s->base, (char *)sleepers - s->base, states, stride, count, start));
 }
 
 /* ---- raw bytes ------------------------------------------------------------ */

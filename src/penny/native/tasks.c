@@ -65,20 +65,12 @@ need_tasks(Shared *s)
     return 0;
 }
 
-/* Same wake-one as S_notify, from C. */
-static void
+/* Wake one sleeper of the table at `states` (notify_one, futex.h). */
+static inline void
 wake_one(Shared *s, Py_ssize_t sleepers_off, Py_ssize_t states, Py_ssize_t stride, Py_ssize_t count,
          Py_ssize_t start)
 {
-    /* SeqCst fence: see S_notify. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit((a32 *)(s->base + sleepers_off), memory_order_relaxed) == 0)
-        return;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t w = (start + i) % count;
-        if (notify_word((a32 *)(s->base + states + w * stride)))
-            return;
-    }
+    notify_one(s->base, sleepers_off, states, stride, count, start);
 }
 
 #define GEN_MASK 0x7fffffffu
@@ -123,9 +115,55 @@ take_record(Shared *s, PyObject *seq)
     return idx;
 }
 
+/* Fill the header of record `rec` (taken from the free list by this process)
+ * and publish it as QUEUED.  The one place a record is made, for every path:
+ * inject and enqueue (root tasks), spawn and enqueue_child (children).
+ * Relaxed field stores, published by the release store of the state; every
+ * field a reader uses is written: the record was some other task's. */
+static uint64_t
+commit_record(char *rec, Py_ssize_t idx, uint32_t fid, uint32_t flags, uint64_t parent)
+{
+    a64 *state = (a64 *)(rec + R_STATE);
+    /* Relaxed: we own the record (popped with acquire). */
+    uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
+    atomic_store_explicit((a32 *)(rec + R_FN), fid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_FLAGS), flags, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + R_PARENT), parent, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_ATTEMPTS), 0, memory_order_relaxed);
+    atomic_store_explicit(state, ((uint64_t)S_QUEUED << 32) | gen, memory_order_release);
+    return (gen << 32) | (uint64_t)(idx + 1);
+}
+
+/* A root task's last steps, shared by inject and enqueue: register `fut` in
+ * `futures` under the ref (and as fut._ref) *before* the ref is visible to
+ * any worker, commit the record, push the ref on the global queue (whose
+ * release store of seq publishes the record to the popper), wake a sleeper.
+ * Returns the ref as a new int, or NULL with the record untouched (still
+ * ours: the caller gives it back). */
+static PyObject *
+queue_root(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, PyObject *fut, PyObject *futures)
+{
+    TaskGeometry *g = &s->g;
+    char *rec = s->base + g->tasks + idx * RECORD_SIZE;
+    uint64_t gen = atomic_load_explicit((a64 *)(rec + R_STATE), memory_order_relaxed) & GEN_MASK;
+    PyObject *key = PyLong_FromUnsignedLongLong((gen << 32) | (uint64_t)(idx + 1));
+    if (!key || PyDict_SetItem(futures, key, fut) < 0 || PyObject_SetAttrString(fut, "_ref", key) < 0) {
+        if (key && PyDict_Contains(futures, key) == 1)
+            PyDict_DelItem(futures, key);
+        Py_XDECREF(key);
+        return NULL;
+    }
+    uint64_t ref = commit_record(rec, idx, fid, flags, 0);
+    if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
+        Py_DECREF(key);
+        return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+    }
+    wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
+    return key;
+}
+
 /* inject(fid, args, future, futures) -> ref; 0 when no record is free; -1 when
- * the arguments are not inlinable (nothing was taken).  On success the future
- * is in `futures` under the ref *before* the ref is visible to any worker. */
+ * the arguments are not inlinable (nothing was taken). */
 static PyObject *
 S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -136,37 +174,53 @@ S_inject(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     unsigned long fid = PyLong_AsUnsignedLong(args[0]);
     if (fid == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
-    a64 *head = (a64 *)(s->base + H_TASK_FREE);
-    char *tbase = s->base + g->tasks;
     Py_ssize_t idx = take_record(s, args[1]);
     if (idx < 0)
         return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
-    char *rec = tbase + idx * RECORD_SIZE;
-    a64 *state = (a64 *)(rec + R_STATE);
-    /* Relaxed: we own the record (popped with acquire). */
-    uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
-    uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
-    PyObject *key = PyLong_FromUnsignedLongLong(ref);
-    if (!key || PyDict_SetItem(args[3], key, args[2]) < 0 ||
-        PyObject_SetAttrString(args[2], "_ref", key) < 0) {
-        Py_XDECREF(key);
-        tagged_push(head, tbase, RECORD_SIZE, R_LINK, idx);
+    PyObject *ref = queue_root(s, idx, (uint32_t)fid, 0, args[2], args[3]);
+    if (!ref)
+        tagged_push((a64 *)(s->base + H_TASK_FREE), s->base + g->tasks, RECORD_SIZE, R_LINK, idx);
+    return ref;
+}
+
+/* Index of the record of `ref` that this process took from the free list
+ * (TaskTable.alloc) and has not published; -1 with ValueError if `ref`
+ * names no record or the record is not free. */
+static Py_ssize_t
+own_record(Shared *s, uint64_t ref)
+{
+    TaskGeometry *g = &s->g;
+    Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffffu) - 1;
+    if (idx < 0 || idx >= g->capacity) {
+        PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
+        return -1;
+    }
+    uint64_t word = atomic_load_explicit((a64 *)(s->base + g->tasks + idx * RECORD_SIZE + R_STATE),
+                                         memory_order_relaxed);
+    if (word >> 32 != S_FREE || (word & GEN_MASK) != ref >> 32) {
+        PyErr_Format(PyExc_ValueError, "task ref %llu is not a record taken for a new task",
+                     (unsigned long long)ref);
+        return -1;
+    }
+    return idx;
+}
+
+/* enqueue(ref, fid, flags, future, futures) -> ref.  The general path of a
+ * root task (Scheduler._inject): Python took the record and encoded the
+ * arguments into it (wire/marshal.py); the rest is inject's. */
+static PyObject *
+S_enqueue(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(5, "enqueue");
+    if (need_tasks(s) < 0)
         return NULL;
-    }
-    /* Relaxed field stores, published by the release store of the state.
-     * Every field a reader uses is written: the record was some other task's. */
-    atomic_store_explicit((a32 *)(rec + R_FN), (uint32_t)fid, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + R_FLAGS), 0, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(rec + R_PARENT), 0, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + R_ATTEMPTS), 0, memory_order_relaxed);
-    atomic_store_explicit(state, ((uint64_t)S_QUEUED << 32) | gen, memory_order_release);
-    /* The ring's release store of seq publishes the record to the popper. */
-    if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
-        Py_DECREF(key);
-        return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
-    }
-    wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
-    return key;
+    uint64_t ref, fid, flags;
+    if (as_u64(args[0], &ref) < 0 || as_u64(args[1], &fid) < 0 || as_u64(args[2], &flags) < 0)
+        return NULL;
+    Py_ssize_t idx = own_record(s, ref);
+    if (idx < 0)
+        return NULL;
+    return queue_root(s, idx, (uint32_t)fid, (uint32_t)flags, args[3], args[4]);
 }
 
 /* The record a ref names (any generation); NULL with ValueError if out of range. */
@@ -359,49 +413,87 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* A child's last steps, shared by spawn and enqueue_child: count it on the
+ * parent's join, commit the record, push it on the worker's own deque
+ * (spilled to the global queue when full), wake one sleeper to steal it.
+ * Returns the ref, or 0 with an exception set. */
+static uint64_t
+queue_child(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, Py_ssize_t pidx, uint64_t parent,
+            char *dq, uint64_t dmask)
+{
+    TaskGeometry *g = &s->g;
+    char *tbase = s->base + g->tasks;
+    /* Relaxed RMW: the count is only read as settled through the acq_rel
+     * decrements of the children, which this increment happens-before (it
+     * precedes the release push that lets the child run). */
+    atomic_fetch_add_explicit((a32 *)(tbase + pidx * RECORD_SIZE + R_JOIN), 1, memory_order_relaxed);
+    uint64_t ref = commit_record(tbase + idx * RECORD_SIZE, idx, fid, flags, parent);
+    if (!cl_push(dq, dmask, ref) && !mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
+        PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+        return 0;
+    }
+    wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
+    return ref;
+}
+
+/* The parent's index; -1 with ValueError if `parent` names no record. */
+static Py_ssize_t
+parent_index(Shared *s, uint64_t parent)
+{
+    Py_ssize_t pidx = (Py_ssize_t)(parent & 0xffffffffu) - 1;
+    if (pidx < 0 || pidx >= s->g.capacity) {
+        PyErr_Format(PyExc_ValueError, "bad parent ref %llu", (unsigned long long)parent);
+        return -1;
+    }
+    return pidx;
+}
+
 /* spawn(fid, args, parent, deque_off) -> ref; 0 when no record is free; -1
  * when the arguments are not inlinable (nothing was taken).  Worker: a child
- * record with inline arguments, counted on the parent's join, pushed on the
- * worker's own deque (spilled to the global queue when full); one sleeper
- * is woken to steal it. */
+ * record with inline arguments (queue_child does the rest). */
 static PyObject *
 S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
     NARGS(4, "spawn");
     if (need_tasks(s) < 0)
         return NULL;
-    TaskGeometry *g = &s->g;
     uint64_t fid, parent, dmask;
     if (as_u64(args[0], &fid) < 0 || as_u64(args[2], &parent) < 0)
         return NULL;
     char *dq = deque_at(s, args[3], &dmask);
     if (!dq)
         return NULL;
-    Py_ssize_t pidx = (Py_ssize_t)(parent & 0xffffffffu) - 1;
-    if (pidx < 0 || pidx >= g->capacity)
-        return PyErr_Format(PyExc_ValueError, "bad parent ref %llu", (unsigned long long)parent);
-    char *tbase = s->base + g->tasks;
+    Py_ssize_t pidx = parent_index(s, parent);
+    if (pidx < 0)
+        return NULL;
     Py_ssize_t idx = take_record(s, args[1]);
     if (idx < 0)
         return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
-    char *rec = tbase + idx * RECORD_SIZE;
-    a64 *state = (a64 *)(rec + R_STATE);
-    uint64_t gen = atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK;
-    uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
-    /* Relaxed: published by the release store of the state. */
-    atomic_store_explicit((a32 *)(rec + R_FN), (uint32_t)fid, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + R_FLAGS), 0, memory_order_relaxed);
-    atomic_store_explicit((a64 *)(rec + R_PARENT), parent, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + R_ATTEMPTS), 0, memory_order_relaxed);
-    /* Relaxed RMW: the count is only read as settled through the acq_rel
-     * decrements of the children, which this increment happens-before (it
-     * precedes the release push that lets the child run). */
-    atomic_fetch_add_explicit((a32 *)(tbase + pidx * RECORD_SIZE + R_JOIN), 1, memory_order_relaxed);
-    atomic_store_explicit(state, ((uint64_t)S_QUEUED << 32) | gen, memory_order_release);
-    if (!cl_push(dq, dmask, ref) && !mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref))
-        return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
-    wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
-    return PyLong_FromUnsignedLongLong(ref);
+    uint64_t ref = queue_child(s, idx, (uint32_t)fid, 0, pidx, parent, dq, dmask);
+    return ref ? PyLong_FromUnsignedLongLong(ref) : NULL;
+}
+
+/* enqueue_child(ref, fid, flags, parent, deque_off) -> ref.  The general
+ * path of a child (Worker.spawn_slow): Python took the record and encoded
+ * the arguments; the rest is spawn's. */
+static PyObject *
+S_enqueue_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(5, "enqueue_child");
+    if (need_tasks(s) < 0)
+        return NULL;
+    uint64_t ref, fid, flags, parent, dmask;
+    if (as_u64(args[0], &ref) < 0 || as_u64(args[1], &fid) < 0 || as_u64(args[2], &flags) < 0 ||
+        as_u64(args[3], &parent) < 0)
+        return NULL;
+    char *dq = deque_at(s, args[4], &dmask);
+    if (!dq)
+        return NULL;
+    Py_ssize_t pidx = parent_index(s, parent), idx = own_record(s, ref);
+    if (pidx < 0 || idx < 0)
+        return NULL;
+    uint64_t got = queue_child(s, idx, (uint32_t)fid, (uint32_t)flags, pidx, parent, dq, dmask);
+    return got ? PyLong_FromUnsignedLongLong(got) : NULL;
 }
 
 /* pop_child(deque_off, parent) -> ref or 0.  Owner: pop the bottom of its

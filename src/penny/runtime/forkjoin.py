@@ -2,9 +2,9 @@
 
 A spawned child starts *private*: a `Handle` in this worker's private list,
 no record, no atomic.  If the parent syncs it before anyone wanted it, it is
-simply called: `penny.spawn` and `penny.sync` are C functions (_core.c,
-section 9) and the unstolen case costs those two calls around the call
-itself.  The child is *published* (given a task record and pushed on the
+simply called: `penny.spawn` and `penny.sync` are C functions
+(native/forkjoin.c) and the unstolen case costs those two calls around the
+call itself.  The child is *published* (given a task record and pushed on the
 worker's shared Chase-Lev deque, where thieves steal from the top) only when
 another worker is idle: each spawn reads the idle-worker count and, if
 someone is idle and our shared deque is empty, publishes the oldest private

@@ -37,7 +37,6 @@ from ..shm.layout import (
     S_CANCELLED,
     S_DONE,
     S_FAILED,
-    S_QUEUED,
     STAT_NAMES,
     W_CURRENT,
     W_ID,
@@ -292,8 +291,9 @@ class Worker:
 
     def spawn_slow(self, fid: int, args, kwargs, parent: int) -> int:
         """Publish a child whose arguments must be pickled; its ref, or 0 if no record is free.
-        The Python twin of `Shared.spawn`, with the same orderings."""
-        s, tasks = self.s, self.tasks
+        The arguments are encoded here; `Shared.enqueue_child` takes the steps
+        it shares with `Shared.spawn` (count it on the parent, publish, push, wake)."""
+        tasks = self.tasks
         ref = tasks.alloc()
         if not ref:
             return 0
@@ -303,12 +303,12 @@ class Worker:
         except BaseException:
             tasks.free(ref)
             raise
-        tasks.prepare(rec, fid, flags, parent)
-        s.fetch_add32(tasks.join_offset(tasks.record(parent)), 1, _core.RELAXED)  # see Shared.spawn
-        tasks.set_status(ref, S_QUEUED)
-        self.push(ref)
-        self.wake_worker.notify_one(self.wid + 1)
-        return ref
+        try:
+            return self.s.enqueue_child(ref, fid, flags, parent, self.own)
+        except BaseException:
+            marshal.unencode_args(tasks, self.arena, rec, flags, owned=True)
+            tasks.free(ref)
+            raise
 
     # ---- finding work (cold path) -------------------------------------------
     def find_work(self) -> int:

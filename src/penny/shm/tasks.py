@@ -128,14 +128,6 @@ class TaskTable:
         only the supervisor of a dead worker writes it, under its own lock)."""
         return self.s.fetch_add32(rec + R_ATTEMPTS, 1, _R) + 1
 
-    def prepare(self, rec: int, fid: int, flags: int, parent: int) -> None:
-        """Fill the header of a record being made (published later by its status).
-        Every field a reader uses is written: the record was some other task's."""
-        self._store32(rec + R_FN, fid, _R)
-        self._store32(rec + R_FLAGS, flags, _R)
-        self._store64(rec + R_PARENT, parent, _R)
-        self._store32(rec + R_ATTEMPTS, 0, _R)
-
     def blob(self, rec: int) -> tuple[int, int]:
         """(arena offset, length) of the record's pickled arguments or result."""
         return self._load64(rec + R_BLOB, _R), self._load64(rec + R_BLOB_LEN, _R)

@@ -224,6 +224,19 @@ def decode_args(tasks: TaskTable, arena: Arena, rec: int, flags: int):
         ) from e
 
 
+def unencode_args(tasks: TaskTable, arena: Arena, rec: int, flags: int, owned: bool) -> None:
+    """Undo `encode_args` for a record that will never be published.  With
+    `owned` False the pickle was the caller's (`prepickle`): only its block is
+    freed here, its references stay the caller's to `discard`."""
+    if flags & F_ARGS_BLOB:
+        off, n = tasks.blob(rec)
+        tasks.set_blob(rec, 0, 0)
+        if owned:
+            free_blob(arena, off, n)
+        else:
+            arena.free(off)
+
+
 def release_args(tasks: TaskTable, arena: Arena, rec: int, flags: int) -> None:
     """Free the argument blob of a task that has run (before its result is written)."""
     if flags & F_ARGS_BLOB:
