@@ -55,6 +55,20 @@ def getpid():
     return os.getpid()
 
 
+def fail_to_load():
+    raise RuntimeError("penny test: this object cannot be rebuilt in another process")
+
+
+class UnloadableCallable:
+    """A callable that pickles but cannot be unpickled (its rebuild raises)."""
+
+    def __call__(self, x):
+        return x
+
+    def __reduce__(self):
+        return fail_to_load, ()
+
+
 def nbytes(data):
     return len(data)
 

@@ -27,9 +27,11 @@ from __future__ import annotations
 import collections
 import gc
 import os
+import threading
 import time
 
 import numpy as np
+
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -654,7 +656,7 @@ def test_failed_argument_pickling_drops_references(msched):
     a = msched.shared_array(10, "f8", fill=0)
     off = lease(a).offset
     with pytest.raises(TypeError, match="cannot be pickled"):
-        msched.submit(T.identity, (a, a[2:], lambda: 0))  # the lambda fails after a was pickled
+        msched.submit(T.identity, (a, a[2:], threading.Lock()))  # the lock fails after a was pickled
     assert msched._arena.refs(off) == 1
 
 

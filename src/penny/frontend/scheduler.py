@@ -50,10 +50,10 @@ from ..shm.layout import (
 )
 from ..shm.parking import Notifier, Parker
 from ..shm.region import Region
-from ..shm.registry import FunctionTable, validate_static
 from ..shm.tasks import TaskTable
 from ..trace import recorder as _trace
 from ..wire import marshal, shared
+from ..wire.functions import FunctionTable, validate_static
 from .base import Frontend, chunked_map, make_backend
 from .futures import TaskFuture
 
@@ -150,7 +150,7 @@ class Scheduler(Frontend):
             self._tasks = TaskTable(s, self._layout)
             self._tasks.init_free_list()
             self._arena = Arena(s, self._layout, region.fd, region.map)
-            self._functions = FunctionTable(s, self._layout, static, method)
+            self._functions = FunctionTable(s, self._layout, static, method, self._arena)
             self._injector = self._layout.injector
             self._wake_workers = Notifier(s, H_SLEEPERS, self._layout.state(0), self._layout.slice_size, workers)
             self._collector_parker = Parker(s, H_COLLECTOR, H_COLLECTOR_SLEEPERS)
@@ -176,9 +176,11 @@ class Scheduler(Frontend):
 
     # ---- submitting ---------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
-        """Run ``fn(*args, **kwargs)`` in a worker; `fn` must be importable by name."""
+        """Run ``fn(*args, **kwargs)`` in a worker.  `fn` is any callable that
+        pickles (functions of any module or of ``__main__``, lambdas, closures,
+        partials, bound methods, callable objects); see wire/functions.py."""
         self._check_open()
-        return self._submit(self._functions.id_for(fn), args, kwargs)
+        return self._submit(*self._functions.route(fn, args, kwargs))
 
     def new_task(self, fn_id: int, args=()) -> cf.Future:
         """Run function `fn_id` of the static table with the argument list `args`."""
@@ -310,12 +312,15 @@ class Scheduler(Frontend):
         if not iterables:
             raise TypeError("penny: map() needs at least one iterable")
         self._check_open()
-        fid = self._functions.id_for(fn)
+        # The function's id when it has a stable one, else the function itself,
+        # pickled with each chunk (it captures something mutable).
+        fid = self._functions.stable_id(fn)
+        target = fn if fid is None else fid
         # One iterable: send the items themselves (not 1-tuples) and map over them.
         chunk_fid = self._functions.id_for(run_chunk1 if len(iterables) == 1 else run_chunk)
         window = max(4, 4 * self._layout.workers)
         return chunked_map(fn, iterables, chunksize, self._layout.workers, window,
-                           lambda chunk: self._submit(chunk_fid, (fid, chunk), None), timeout, progress)
+                           lambda chunk: self._submit(chunk_fid, (target, chunk), None), timeout, progress)
 
     # ---- collecting -----------------------------------------------------------
     def _collect_loop(self) -> None:

@@ -423,8 +423,11 @@ M_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
     PyObject *fidobj = PyDict_GetItemWithError(f->fids, fn);
     unsigned long fid;
     if (!fidobj) {
-        if (PyErr_Occurred())
-            goto done;
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                goto done;
+            PyErr_Clear();  /* an unhashable callable: register() decides every time */
+        }
         /* First spawn of this function here: the Python side registers it. */
         fidobj = PyObject_CallMethod((PyObject *)f, "register", "O", fn);
         if (!fidobj)

@@ -41,7 +41,7 @@ from __future__ import annotations
 from greenlet import getcurrent
 
 from .. import _context, _core, config
-from ..errors import PennyError
+from ..errors import NotImportableError, PennyError
 from ..shm.layout import (
     F_SUSPENDED,
     H_IDLE,
@@ -51,6 +51,8 @@ from ..shm.layout import (
 )
 from ..trace.rings import PUBLISH, RESUME, SUSPEND
 from ..wire import marshal
+from ..wire.functions import qualified_name
+from ..wire.marshal import ArgumentPicklingError
 from .recovery import reap
 
 #: A child spawned by the running task (implemented in C: _core.Handle).
@@ -59,6 +61,10 @@ _PRIVATE, _PUBLISHED, _DONE = 0, 1, 2
 
 #: What a suspending task sends the root greenlet (Worker.run): "start a new loop fiber".
 NEW_FIBER = "new-fiber"
+
+#: The function id of a private child whose callable does not travel by name:
+#: the real id (and maybe its pickle) is chosen only if the child is published.
+ROUTE_AT_PUBLISH = 0xFFFF_FFFF
 
 
 class ForkJoin(_core.ForkCore):
@@ -79,39 +85,73 @@ class ForkJoin(_core.ForkCore):
         self.pool: list = []            # idle loop fibers, reused instead of created
         self.published: dict = {}       # task ref -> set of its published, untaken handles
         self.root = None                # the process's main greenlet
+        self.pinned: set = set()        # private children that cannot be published (unpicklable)
 
     def register(self, fn) -> int:
-        """Function id for a first spawn of `fn` here (NotImportableError if a
-        worker could not import it)."""
-        fid = self.w.functions.id_for(fn)
-        self.fids[fn] = fid
+        """Function id for a spawn of `fn` that the C fast path did not know.
+        A callable that travels by name is cached for the fast path; any other
+        (a lambda, a closure, a partial) keeps ROUTE_AT_PUBLISH: nothing is
+        pickled unless the child is published, and then its pickle is fresh."""
+        functions = self.w.functions
+        fid = functions.cached(fn)
+        if fid is None and callable(fn) and qualified_name(fn) is not None:
+            fid = functions.id_for(fn)
+        if fid is None:
+            if not callable(fn):
+                raise TypeError(f"penny.spawn: {fn!r} is not callable")
+            return ROUTE_AT_PUBLISH
+        if functions.by_name(fn):
+            try:
+                self.fids[fn] = fid
+            except TypeError:  # unhashable callable: the fast path asks again next time
+                pass
         return fid
 
     # ---- publication ---------------------------------------------------------------
     def publish_oldest(self) -> None:
-        while True:
-            h = self.take_oldest()
-            if h is None:
+        """Publish the oldest private child that can be published; children
+        that cannot (pinned) keep their place."""
+        stuck = []
+        try:
+            while True:
+                h = self.take_oldest()
+                if h is None:
+                    return
+                if h.state != _PRIVATE:
+                    continue
+                if h in self.pinned:
+                    stuck.append(h)
+                    continue
+                if not self.publish(h):
+                    self.untake(h)
                 return
-            if h.state != _PRIVATE:
-                continue
-            if not self.publish(h):
+        finally:
+            for h in reversed(stuck):
                 self.untake(h)
-            return
 
     def publish(self, h) -> bool:
-        """Give a private child a record on our shared deque.  False if no record is free."""
+        """Give a private child a record on our shared deque.  False if no record
+        is free, or if its callable or arguments cannot be pickled: then it stays
+        private (pinned) and its parent runs it at its sync, as if nobody had
+        been idle, so a steal never changes a program's outcome."""
         w = self.w
-        ref = -1 if h.kwargs else self.s.spawn(h.fid, h.args, h.parent, w.own)
-        if ref < 0:
-            ref = w.spawn_slow(h.fid, h.args, h.kwargs, h.parent)
+        fid, args, kwargs = h.fid, h.args, h.kwargs
+        try:
+            if fid == ROUTE_AT_PUBLISH:
+                fid, args, kwargs = w.functions.route(h.fn, args, kwargs)
+            ref = -1 if kwargs else self.s.spawn(fid, args, h.parent, w.own)
+            if ref < 0:
+                ref = w.spawn_slow(fid, args, kwargs, h.parent)
+        except (NotImportableError, ArgumentPicklingError, MemoryError):
+            self.pinned.add(h)
+            return False
         if ref == 0:
             return False
         h.state = _PUBLISHED
         h.ref = ref
         h.fn = h.args = h.kwargs = None
         if w.tracing:
-            w.trace.emit(PUBLISH, h.fid, ref)
+            w.trace.emit(PUBLISH, fid, ref)
         pub = self.published.get(h.parent)
         if pub is None:
             self.published[h.parent] = {h}
@@ -237,6 +277,8 @@ class ForkJoin(_core.ForkCore):
                 if h.failed and not h.observed and first is None:
                     first = h.value
             self.published.pop(ref, None)
+        if self.pinned:  # this task's children are all done: forget those that were pinned
+            self.pinned = {h for h in self.pinned if h.parent != ref}
         return first
 
     # ---- fibers ----------------------------------------------------------------------
@@ -311,14 +353,22 @@ spawn = _core.spawn
 sync = _core.sync
 
 
+def _body(body):
+    """parallel_for's body: the callable itself, or its function id (one
+    registration per parallel_for call, named by every subrange)."""
+    return body if callable(body) else _context.fork.w.functions.lookup(body)
+
+
 def _pfor(body, lo: int, hi: int, grain: int) -> None:
-    """Task behind parallel_for: halve until `grain`, spawning the upper halves."""
+    """Task behind parallel_for: halve until `grain`, spawning the upper halves.
+    `body` is a function id (or, on another backend, the callable)."""
+    fn = _body(body)
     handles = []
     while hi - lo > grain:
         mid = (lo + hi) // 2
         handles.append(spawn(_pfor, body, mid, hi, grain))
         hi = mid
-    body(lo, hi)
+    fn(lo, hi)
     for h in reversed(handles):
         sync(h)
     return None
@@ -327,12 +377,13 @@ def _pfor(body, lo: int, hi: int, grain: int) -> None:
 def _pfor_counted(body, lo: int, hi: int, grain: int, counter: int) -> None:
     """`_pfor` that adds the items of each leaf to the shared word at offset
     `counter` (a progress slot, layout.H_PROGRESS), which the main process polls."""
+    fn = _body(body)
     handles = []
     while hi - lo > grain:
         mid = (lo + hi) // 2
         handles.append(spawn(_pfor_counted, body, mid, hi, grain, counter))
         hi = mid
-    body(lo, hi)
+    fn(lo, hi)
     # Relaxed: a progress hint; the bar is completed by the result anyway.
     _context.fork.s.fetch_add64(counter, hi - lo, _core.RELAXED)
     for h in reversed(handles):

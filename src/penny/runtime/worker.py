@@ -44,7 +44,6 @@ from ..shm.layout import (
 )
 from ..shm.parking import Notifier, Parker
 from ..shm.region import RegionHandle
-from ..shm.registry import FunctionTable
 from ..shm.tasks import TaskTable
 from ..trace.rings import (
     IDLE_BEGIN,
@@ -60,6 +59,7 @@ from ..trace.rings import (
     tracing_requested,
 )
 from ..wire import marshal
+from ..wire.functions import FunctionTable
 from .forkjoin import NEW_FIBER, ForkJoin
 
 _EMPTY = _core.EMPTY
@@ -113,7 +113,7 @@ class Worker:
         self.victims = [lay.deque(v) for v in range(lay.workers) if v != wid]
         self.tasks = TaskTable(s, lay)
         self.arena = Arena(s, lay, region.fd, region.map)
-        self.functions = FunctionTable(s, lay, static_functions, start_method)
+        self.functions = FunctionTable(s, lay, static_functions, start_method, self.arena)
         self.parker = Parker(s, lay.state(wid), H_SLEEPERS)
         self.wake_worker = Notifier(s, H_SLEEPERS, lay.state(0), lay.slice_size, lay.workers)
         self.wake_main = Notifier(s, H_COLLECTOR_SLEEPERS, H_COLLECTOR, 4, 1)
@@ -232,7 +232,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
             value, failed = exc, True
             del exc
-        if ref in fork.published or fork.live():
+        if ref in fork.published or fork.live() or fork.pinned:
             err = fork.end_task(ref)  # implicit sync: children finish before their parent
             if err is not None and not failed:
                 value, failed = err, True
@@ -481,13 +481,18 @@ def watch_parent(pid: int) -> None:
     threading.Thread(target=watch, name="penny-parent-watch", daemon=True).start()
 
 
-def run_chunk(fid: int, items: list) -> list:
+def _mapped(target):
+    """Scheduler.map's function: its id, or the function itself (wire/functions.py)."""
+    return current.functions.lookup(target) if type(target) is int else target
+
+
+def run_chunk(target, items: list) -> list:
     """Internal task behind Scheduler.map over several iterables: ``fn(*args)`` per tuple."""
-    fn = current.functions.lookup(fid)
+    fn = _mapped(target)
     return [fn(*args) for args in items]
 
 
-def run_chunk1(fid: int, items: list) -> list:
+def run_chunk1(target, items: list) -> list:
     """Internal task behind Scheduler.map over one iterable: ``fn(item)`` per item."""
-    return list(map(current.functions.lookup(fid), items))
+    return list(map(_mapped(target), items))
 

@@ -17,7 +17,7 @@ The region is one memfd mapping shared by the main process and its workers::
     +--------------------------------------------------------------+  tasks
     | task table: TASK_CAPACITY records of RECORD_SIZE bytes       |
     +--------------------------------------------------------------+  functions
-    | function directory: FUNCTION_SLOTS x "module:qualname"       |
+    | function directory: FUNCTION_SLOTS x name or pickle's block  |
     +--------------------------------------------------------------+  traces
     | trace rings, one per worker: head (own line) | records of    |
     | TRACE_RECORD bytes [trace_events] (trace.py; 0 = none)       |
@@ -43,7 +43,7 @@ from functools import cached_property
 from .. import _core
 
 MAGIC = 0x59_4E_4E_45_50_0A_0D_01  # b"\x01\r\n\nPENNY" little-endian-ish; fixed
-VERSION = 3
+VERSION = 4
 LINE = 64
 
 # ---- header fields (byte offsets from 0) ----
@@ -168,8 +168,9 @@ PAGE = 4096
 
 # ---- function directory entry ----
 FN_ENTRY = 256         # bytes per entry
-FN_LEN = 0             # u32 name length; 0 until the name is published (release)
-FN_NAME = 8            # UTF-8 "module:qualname"
+FN_LEN = 0             # u32 payload length; 0 until the entry is published (release)
+FN_KIND = 4            # u32 registry.KIND_NAME or KIND_PICKLE
+FN_NAME = 8            # payload: UTF-8 "module:qualname", or u64 arena offset + u64 length of a pickle
 FN_NAME_MAX = FN_ENTRY - FN_NAME
 
 # ---- trace ring (one per worker; written by its owner only, read by the main process) ----

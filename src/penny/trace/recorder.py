@@ -12,16 +12,13 @@ from .. import _core, config
 from .._version import __version__
 from ..errors import PennyError
 from ..shm.layout import (
-    FN_ENTRY,
-    FN_LEN,
-    FN_NAME,
     H_TRACE,
     T_HEAD,
     T_RECORDS,
     TRACE_RECORD,
     W_PID,
 )
-from ..shm.registry import DYNAMIC_BASE
+from ..shm.registry import DYNAMIC_BASE, KIND_NAME, FunctionDirectory
 from .export import to_chrome
 from .rings import PUBLISH, RECORD, TASK_BEGIN, TASK_END
 
@@ -231,10 +228,12 @@ def function_name(sched, fid: int) -> str:
     fn = sched._functions._by_id.get(fid)
     if fn is not None:
         return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-    slot = fid - DYNAMIC_BASE
-    if 0 <= slot < sched._layout.function_slots and sched._s is not None:
-        entry = sched._layout.functions + slot * FN_ENTRY
-        n = sched._s.load32(entry + FN_LEN, _core.ACQUIRE)
-        if n:
-            return sched._s.read_bytes(entry + FN_NAME, n).decode(errors="replace").replace(":", ".")
+    if fid >= DYNAMIC_BASE and sched._s is not None:
+        try:
+            kind, payload = FunctionDirectory(sched._s, sched._layout).read(fid)
+        except PennyError:
+            return f"function {fid}"
+        if kind == KIND_NAME:
+            return payload.decode(errors="replace").replace(":", ".")
+        return f"pickled function {fid}"
     return f"function {fid}"

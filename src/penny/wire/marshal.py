@@ -20,9 +20,12 @@ blob starts with `EXT_MAGIC` and lists its blocks::
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 import struct
+import sys
+import threading
 import traceback
 
 from ..errors import RemoteTraceback, TaskError
@@ -30,6 +33,11 @@ from ..shm.arena import Arena
 from ..shm.layout import F_ARGS_BLOB, F_RESULT_BLOB
 from ..shm.tasks import TaskTable
 from . import shared
+
+try:
+    import cloudpickle
+except ImportError:  # pragma: no cover - a dependency
+    cloudpickle = None
 
 _NO_KWARGS: dict = {}
 
@@ -86,18 +94,88 @@ class _Pickling:
         self.held, self.oob = [], []
 
 
-def dumps(obj, arena: Arena) -> bytes:
-    """Pickle `obj` for a task record in `arena`'s region (see the module doc)."""
+def dumps(obj, arena: Arena, to_worker: bool = True) -> bytes:
+    """Pickle `obj` for a task record in `arena`'s region (see the module doc).
+
+    The C pickler first.  What it cannot pickle by reference (a lambda or a
+    closure among the arguments, say) is pickled again with cloudpickle, which
+    pickles such functions and classes by value; so is a pickle bound for a
+    worker that names ``__main__`` (workers never import the user's main
+    module).  A result bound for the main process keeps its references to
+    ``__main__``: there they find the user's own classes."""
+    _tls_main.count = 0
+    try:
+        data = _dumps(obj, arena, pickle.Pickler)
+    except (pickle.PicklingError, AttributeError, TypeError) as first:
+        if cloudpickle is None:
+            raise
+        try:
+            return _dumps(obj, arena, cloudpickle.Pickler)
+        except Exception:  # noqa: BLE001 - the first error says more
+            raise first from None
+    if to_worker and cloudpickle is not None and data.count(b"__main__") > _tls_main.count:
+        discard(data, arena)
+        return _dumps(obj, arena, cloudpickle.Pickler)
+    return data
+
+
+def pickle_module_by_value(fn) -> None:
+    """If `fn` comes from a module made at run time (no spec: a worker could
+    not import it), have cloudpickle pickle that module's functions by value."""
+    mod = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if mod is not None and getattr(mod, "__spec__", None) is None and mod.__name__ not in ("__main__", "builtins"):
+        try:
+            cloudpickle.register_pickle_by_value(mod)
+        except ValueError:  # pragma: no cover - not registrable
+            pass
+
+
+class ByValue:
+    """A callable that must travel by value, whatever the pickler that meets it
+    (FunctionTable.route sends a callable that captures mutable state this
+    way, as the first argument of its call): cloudpickle pickles it inside
+    the enclosing pickle, with the shared-array reducers, so a captured shared
+    array arrives as a view of the same memory."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __reduce__(self):
+        pickle_module_by_value(self.fn)
+        f = io.BytesIO()
+        _cloud_pickler(shared.dispatch_table())(f, protocol=5).dump(self.fn)
+        data = f.getvalue()
+        _tls_main.count += data.count(b"__main__")  # names of the function itself, not references
+        return _identity, (pickle.loads, data)
+
+
+def _identity(loads, data):
+    return loads(data)
+
+
+class _MainCount(threading.local):
+    count = 0
+
+
+_tls_main = _MainCount()
+
+
+def _dumps(obj, arena: Arena, pickler) -> bytes:
     p = _Pickling(arena)
     try:
-        if arena.s.leases == 0:
+        if arena.s.leases == 0 and pickler is pickle.Pickler:
             # No shared array of this region lives in this process, so none
             # can be in `obj`: the C pickler alone, out-of-band buffers aside.
             data = pickle.dumps(obj, protocol=5, buffer_callback=p.buffer)
         else:
             f = io.BytesIO()
-            pk = pickle.Pickler(f, protocol=5, buffer_callback=p.buffer)
-            pk.dispatch_table = shared.dispatch_table()
+            if pickler is pickle.Pickler:
+                pk = pickler(f, protocol=5, buffer_callback=p.buffer)
+                pk.dispatch_table = shared.dispatch_table()  # copyreg's and the shared-array reducers
+            else:
+                pk = _cloud_pickler(shared.dispatch_table())(f, protocol=5, buffer_callback=p.buffer)
             prev = getattr(shared._tls, "pickling", None)
             shared._tls.pickling = p
             try:
@@ -115,6 +193,21 @@ def dumps(obj, arena: Arena) -> bytes:
     parts += [struct.pack("<QQQ", *o) for o in p.oob]
     parts.append(data)
     return b"".join(parts)
+
+
+_cloud_cache: list = [None, None]  # (dispatch table, its cloudpickle Pickler class)
+
+
+def _cloud_pickler(table):
+    """cloudpickle's Pickler with the shared-array reducers before its own.  A
+    subclass, not an instance attribute: the C pickler reads its dispatch
+    table when it is made, and cloudpickle's is a class attribute."""
+    if _cloud_cache[0] is not table:
+        class _Pickler(cloudpickle.Pickler):
+            dispatch_table = collections.ChainMap(table, cloudpickle.Pickler.dispatch_table)
+
+        _cloud_cache[:] = [table, _Pickler]
+    return _cloud_cache[1]
 
 
 def _ext_blocks(data):
@@ -178,7 +271,7 @@ def _store_blob(tasks: TaskTable, arena: Arena, rec: int, data: bytes) -> None:
 
 def _pickle_args(args, kwargs, arena: Arena) -> bytes:
     try:
-        return dumps((tuple(args), kwargs or _NO_KWARGS), arena)
+        return dumps((tuple(args), kwargs or _NO_KWARGS), arena, to_worker=True)
     except MemoryError:
         raise
     except Exception as e:
@@ -251,7 +344,8 @@ def encode_result(tasks: TaskTable, arena: Arena, rec: int, value) -> int:
     if tasks.s.pack_inline(*tasks.inline(rec), (value,)) >= 0:
         return 0
     try:
-        data = dumps(value, arena)
+        # A child's result goes to its parent in a worker; a root task's to the main process.
+        data = dumps(value, arena, to_worker=tasks.parent(rec) != 0)
     except MemoryError:
         raise
     except Exception as e:

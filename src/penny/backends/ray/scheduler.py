@@ -15,7 +15,7 @@ from concurrent.futures._base import PENDING
 from ... import _context
 from ...errors import SchedulerClosedError, UnknownFunctionError, WorkerCrashedError
 from ...frontend.base import Frontend, chunked_map
-from ...shm.registry import validate_static
+from ...wire.functions import validate_static
 from .arrays import _load_shared, _numpy, _shared_array_type
 from .context import _cluster_cpus, _Counted, _cpus_cache, _launch
 from .errors import (
