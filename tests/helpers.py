@@ -385,3 +385,7 @@ def reports(stdout: str) -> dict:
                 continue
             out[d.pop("tag")] = d
     return out
+
+
+def return_generator():
+    return (i for i in range(3))

@@ -158,10 +158,13 @@ def test_no_native_file_over_1000_lines():
 # ---- the public API ------------------------------------------------------------------
 
 PUBLIC = {
+    "ArgumentPicklingError",
+    "ArgumentUnpicklingError",
     "Executor",
     "Handle",
     "NotImportableError",
     "PennyError",
+    "ResultPicklingError",
     "Scheduler",
     "SchedulerClosedError",
     "TaskError",

@@ -42,6 +42,18 @@ def test_error_hierarchy():
     assert issubclass(NotImportableError, TypeError)
     assert issubclass(SchedulerClosedError, RuntimeError)
     assert penny.PennyError is PennyError
+    for cls in (penny.ArgumentPicklingError, penny.ArgumentUnpicklingError, penny.ResultPicklingError):
+        assert issubclass(cls, PennyError) and issubclass(cls, TypeError)
+
+
+def test_the_pickling_errors_a_user_meets_are_penny_errors(sched):
+    """Caught as PennyError (the README: every error Penny raises is one)."""
+    with pytest.raises(penny.PennyError) as info:
+        sched.submit(h.ident, threading.Lock())
+    assert isinstance(info.value, penny.ArgumentPicklingError)
+    with pytest.raises(penny.PennyError) as info:
+        sched.submit(h.return_generator).result(60)
+    assert isinstance(info.value, penny.ResultPicklingError)
 
 
 # ---------------------------------------------------------------------------
@@ -593,3 +605,30 @@ def test_done_callbacks_may_cancel_or_submit(tmp_path):
         assert not deadlocked, f"cancel() deadlocked when its callback did: {deadlocked}"
     finally:
         assert not h.wait_gone(pids, timeout=10)
+
+
+@pytest.mark.parametrize("oom_rose, says_oom", [(True, True), (False, False)], ids=["oom", "plain-kill"])
+def test_a_worker_sigkilled_while_the_oom_count_rose_says_so(make_sched, tmp_path, monkeypatch, oom_rose, says_oom):
+    """A SIGKILL of a worker whose death comes with a rise of the kernel's OOM
+    kill count is reported as probably the OOM killer; a plain SIGKILL is not.
+    (The count is the kernel's; here the supervisor reads a stand-in, since a
+    test cannot make the kernel kill a process for memory safely.)"""
+    import os
+    import signal
+
+    from penny.runtime import supervisor
+
+    count = [5]
+    monkeypatch.setattr(supervisor, "oom_kills", lambda: count[0])
+    s = make_sched(2, retries=0)
+    started, release = str(tmp_path / "started"), str(tmp_path / "release")
+    fut = s.submit(h.block, started, release)
+    pid = int(h.wait_for_file(started))
+    if oom_rose:
+        count[0] += 1
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashedError) as info:
+        fut.result(120)
+    assert ("OOM killer" in str(info.value)) is says_oom, str(info.value)
+    assert "SIGKILL" in str(info.value)
+    still_works(s)

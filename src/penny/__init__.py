@@ -21,8 +21,11 @@ _logging.getLogger("penny").addHandler(_logging.NullHandler())
 
 from ._version import __version__  # noqa: E402
 from .errors import (  # noqa: E402
+    ArgumentPicklingError,
+    ArgumentUnpicklingError,
     NotImportableError,
     PennyError,
+    ResultPicklingError,
     SchedulerClosedError,
     TaskError,
     UnknownFunctionError,
@@ -46,10 +49,13 @@ def _ray_scheduler(*args, **kwargs):
 _register_backend("ray", _ray_scheduler)
 
 __all__ = [
+    "ArgumentPicklingError",
+    "ArgumentUnpicklingError",
     "Executor",
     "Handle",
     "NotImportableError",
     "PennyError",
+    "ResultPicklingError",
     "Scheduler",
     "SchedulerClosedError",
     "TaskError",

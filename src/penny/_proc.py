@@ -18,3 +18,21 @@ def process_alive(pid: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def oom_kills() -> int:
+    """How many processes the kernel's OOM killer has killed: the system's
+    count (/proc/vmstat) plus this cgroup's (cgroup v2 memory.events), or 0
+    where neither can be read.  Only its changes mean anything."""
+    total = 0
+    for path, key in (("/proc/vmstat", "oom_kill"), ("/sys/fs/cgroup/memory.events", "oom_kill")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        total += int(value)
+                        break
+        except (OSError, ValueError):
+            pass
+    return total

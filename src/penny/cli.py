@@ -103,8 +103,27 @@ def _demo_kernel(s, workers: int, n: int = 2_000_000, terms: int = 12, chunks: i
         print("penny demo: the shared-array kernel's results differ from the serial ones", file=sys.stderr)
         return 1
     print(f"  serial (NumPy, this process): {t_serial:.3f} s; Scheduler({workers}), arrays shared, "
-          f"not copied: {t_par:.3f} s; speedup {t_serial / t_par:.2f}x")
+          f"not copied: {t_par:.3f} s; speedup {_speedup(t_serial, t_par)}")
     return 0
+
+
+def _load_note() -> str:
+    """A note when other programs keep the CPUs busy (the speedups shown are
+    then what is left for Penny, not what the cores can give)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        return ""
+    cpus = os.cpu_count() or 1
+    if load <= cpus:
+        return ""
+    return (f" (the machine is busy: load average {load:.1f} on {cpus} CPUs, so the workers share "
+            "the cores with other programs; an idle machine gives more)")
+
+
+def _speedup(t_serial: float, t_par: float) -> str:
+    ratio = t_serial / t_par
+    return f"{ratio:.2f}x" + (_load_note() if ratio < 1.0 else "")
 
 
 def cmd_demo(args) -> int:
@@ -115,6 +134,9 @@ def cmd_demo(args) -> int:
     ranges = [(lo, min(lo + step, limit)) for lo in range(0, limit, step)]
 
     print(f"Penny {penny.__version__}: quick start")
+    note = _load_note()
+    if note:
+        print(f"  note{note}")
     t0 = time.perf_counter()
     with penny.Scheduler(workers, functions={1: add}, start_method=args.start_method) as s:
         first = s.new_task(1, [40, 2]).result()
@@ -153,7 +175,7 @@ def cmd_demo(args) -> int:
         after = s.stats()
         per = [a["tasks"] - b["tasks"] for a, b in zip(after["workers"], before["workers"])]
         steals = after["totals"]["steals"] - before["totals"]["steals"]
-        print(f"  speedup: {t_serial / t_par:.2f}x on {workers} workers "
+        print(f"  speedup: {_speedup(t_serial, t_par)} on {workers} workers "
               f"({os.cpu_count()} CPUs; tasks run per worker: {per}; steals during the job: {steals})")
 
         n, cutoff = 30, 12
@@ -171,7 +193,7 @@ def cmd_demo(args) -> int:
             print(f"penny demo: fib({n}) gave {got}, expected {want}", file=sys.stderr)
             return 1
         print(f"  serial: {t_serial:.3f} s; Scheduler({workers}): {t_par:.3f} s -> fib({n}) = {got:,}; "
-              f"speedup {t_serial / t_par:.2f}x")
+              f"speedup {_speedup(t_serial, t_par)}")
         print(f"  spawns {after['spawns'] - before['spawns']:,}, of which published for thieves "
               f"{after['published'] - before['published']:,}; steals {after['steals'] - before['steals']}; "
               f"suspended syncs {after['suspends'] - before['suspends']}")

@@ -39,6 +39,18 @@ class SchedulerClosedError(PennyError, RuntimeError):
     """The scheduler was shut down; it accepts no new tasks."""
 
 
+class ArgumentPicklingError(PennyError, TypeError):
+    """Raised in the caller when a task's arguments (or its callable) cannot be pickled."""
+
+
+class ArgumentUnpicklingError(PennyError, TypeError):
+    """Raised (in the caller's future) when a worker cannot unpickle a task's arguments."""
+
+
+class ResultPicklingError(PennyError, TypeError):
+    """Raised (in the caller's future) when a task's return value cannot be pickled."""
+
+
 class RemoteTraceback(Exception):
     """Attached as ``__cause__`` of an exception re-raised from a worker, so the
     worker's traceback prints after the local one (as concurrent.futures does)."""

@@ -41,7 +41,7 @@ from __future__ import annotations
 from greenlet import getcurrent
 
 from .. import _context, _core, config
-from ..errors import NotImportableError, PennyError
+from ..errors import ArgumentPicklingError, NotImportableError, PennyError
 from ..shm.layout import (
     F_SUSPENDED,
     H_IDLE,
@@ -52,7 +52,6 @@ from ..shm.layout import (
 from ..trace.rings import PUBLISH, RESUME, SUSPEND
 from ..wire import marshal
 from ..wire.functions import qualified_name
-from ..wire.marshal import ArgumentPicklingError
 from .recovery import reap
 
 #: A child spawned by the running task (implemented in C: _core.Handle).

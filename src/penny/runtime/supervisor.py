@@ -43,6 +43,7 @@ import threading
 from multiprocessing.connection import wait as wait_sentinels
 
 from .. import _core
+from .._proc import oom_kills
 from ..errors import WorkerCrashedError
 from ..shm.layout import (
     F_ARGS_CONSUMED,
@@ -82,6 +83,7 @@ class Supervisor:
         self.procs: list = [None] * scheduler._layout.workers
         self.start_failures = 0
         self.crashes = 0
+        self._oom_kills = oom_kills()
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._watch, name="penny-supervisor", daemon=True)
@@ -142,6 +144,10 @@ class Supervisor:
             return
         self.crashes += 1
         how = describe_exit(proc.exitcode)
+        oom = oom_kills()
+        if proc.exitcode == -signal.SIGKILL and oom > self._oom_kills:
+            how += " (probably by the kernel's OOM killer: its kill count rose meanwhile; the task may need less memory)"
+        self._oom_kills = oom
         log.warning("penny: worker %d (pid %s) %s; recovering its tasks", w, proc.pid, how)
         sl = lay.slice(w)
         attached = s.load32(sl + W_PID, _core.ACQUIRE)

@@ -28,7 +28,13 @@ import sys
 import threading
 import traceback
 
-from ..errors import RemoteTraceback, TaskError
+from ..errors import (
+    ArgumentPicklingError,
+    ArgumentUnpicklingError,
+    RemoteTraceback,
+    ResultPicklingError,
+    TaskError,
+)
 from ..shm.arena import Arena
 from ..shm.layout import F_ARGS_BLOB, F_RESULT_BLOB
 from ..shm.tasks import TaskTable
@@ -40,18 +46,6 @@ except ImportError:  # pragma: no cover - a dependency
     cloudpickle = None
 
 _NO_KWARGS: dict = {}
-
-
-class ArgumentPicklingError(TypeError):
-    """Raised in the caller when a task's arguments cannot be pickled."""
-
-
-class ArgumentUnpicklingError(TypeError):
-    """Raised (in the caller's future) when a worker cannot unpickle a task's arguments."""
-
-
-class ResultPicklingError(TypeError):
-    """Raised (in the caller's future) when a task's return value cannot be pickled."""
 
 
 _INLINE_TYPES = frozenset((int, float, bool, type(None), str, bytes))
