@@ -284,7 +284,7 @@ def main(argv=None) -> int:
     try:
         import ray  # noqa: F401
     except ImportError:
-        print("Ray is not installed: pip install 'penny[ray]'")
+        print("Ray is not installed: pip install 'penny-runtime[ray]'")
         return 1
     # Imported under its module name, so workers find the task functions as ray_backend.<name>.
     import ray_backend

@@ -212,3 +212,29 @@ def test_every_penny_error_is_exported_or_backend_specific():
         obj = getattr(errors, name)
         if isinstance(obj, type) and issubclass(obj, penny.PennyError):
             assert name in PUBLIC, f"penny.errors.{name} is not exported"
+
+
+# ---- the distribution ------------------------------------------------------------------
+
+def test_the_distribution_is_penny_runtime_and_its_version_is_penny_version():
+    """"penny" on PyPI is another project: Penny installs as penny-runtime,
+    with the version of penny._version (one place)."""
+    from importlib import metadata
+
+    assert metadata.version("penny-runtime") == penny.__version__
+    assert metadata.metadata("penny-runtime")["License-Expression"] == "MIT"
+
+
+def test_every_install_hint_names_penny_runtime():
+    """No message or doc tells a user to `pip install 'penny[...]'` (that
+    would fetch the other project)."""
+    import re
+
+    root = SRC.parent.parent
+    hits = []
+    for path in [*SRC.rglob("*.py"), *(root / "docs").glob("*.md"), root / "README.md",
+                 *(root / "benchmarks").glob("*.py")]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"pip install [\"']?penny[\[\"' ]", line):
+                hits.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not hits, hits

@@ -35,7 +35,7 @@ def backend(request):
     if request.param == "local":
         yield "local"
         return
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'penny[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'penny-runtime[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
     try:
         yield "ray"
@@ -355,7 +355,7 @@ def test_unknown_backend():
 
 
 def test_ray_unreachable_address_is_named():
-    pytest.importorskip("ray", reason="Ray is not installed (pip install 'penny[ray]')")
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'penny-runtime[ray]')")
     import socket
 
     with socket.socket() as sock:  # a port nobody listens on
@@ -379,4 +379,4 @@ def test_without_ray_the_error_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})
     assert "IMPORTERROR" in out.stdout, out.stderr
-    assert "pip install 'penny[ray]'" in out.stdout
+    assert "pip install 'penny-runtime[ray]'" in out.stdout

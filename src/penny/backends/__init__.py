@@ -3,7 +3,7 @@
 ``penny.Scheduler(backend="local")`` (the default) is Penny's runtime:
 worker processes, shared-memory deques, futexes.  ``backend="ray"`` returns
 a `penny.backends.ray.RayScheduler`, the same API on a Ray cluster (the
-optional extra: ``pip install 'penny[ray]'``).  Task functions do not know
+optional extra: ``pip install 'penny-runtime[ray]'``).  Task functions do not know
 which backend runs them.  docs/backends.md says when to use which.
 
 A backend's module is imported only when that backend is asked for, so Penny

@@ -199,7 +199,7 @@ def plot_timeline(trace, png_path, title: str | None = None, max_legend: int = 1
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
     except ImportError as e:
-        raise PennyError("penny: drawing a timeline needs matplotlib (pip install 'penny[plot]' "
+        raise PennyError("penny: drawing a timeline needs matplotlib (pip install 'penny-runtime[plot]' "
                          "or pip install matplotlib)") from e
     if not isinstance(trace, dict):
         trace = load(trace)

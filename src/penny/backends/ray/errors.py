@@ -42,7 +42,7 @@ _READ_ONLY = (
 def _require_ray():
     if ray is None:
         raise RayUnavailableError(
-            "penny: the Ray backend needs Ray, which is not installed: pip install 'penny[ray]' "
+            "penny: the Ray backend needs Ray, which is not installed: pip install 'penny-runtime[ray]' "
             "(or pip install ray)"
         )
 
