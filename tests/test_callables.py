@@ -272,3 +272,45 @@ def test_a_registered_lambda_keeps_its_id(sched):
         assert sched.submit(fn, i).result(TIMEOUT) == i + 1
     ids = {sched._functions.stable_id(fn) for _ in range(3)}
     assert len(ids) == 1 and None not in ids
+
+
+def _kw(x, *, k=1):
+    return x + k
+
+
+def test_every_change_a_fresh_pickle_would_see_is_seen(sched):
+    """Each way a callable's pickle can change between two submits, submitted
+    enough times to be registered first: the next submit sees the change."""
+    def twice(fn, *args):
+        return [sched.submit(fn, *args).result(TIMEOUT) for _ in range(3)][-1]
+
+    # keyword defaults mutated in place
+    f = functools.partial(lambda x, **kw: x + kw["k"], k=1)
+    assert twice(f, 1) == 2
+    f.keywords["k"] = 41
+    assert twice(f, 1) == 42
+    # a function's defaults replaced
+    def g(x, d=1):
+        return x + d
+    assert twice(g, 1) == 2
+    g.__defaults__ = (41,)
+    assert twice(g, 1) == 42
+    # a function's keyword defaults mutated
+    def h_(x, *, k=1):
+        return x + k
+    assert twice(h_, 1) == 2
+    h_.__kwdefaults__["k"] = 41
+    assert twice(h_, 1) == 42
+    # its code replaced
+    def c(x):
+        return x
+    assert twice(c, 1) == 1
+    c.__code__ = (lambda x: x * 42).__code__
+    assert twice(c, 1) == 42
+    # a closure cell rebound from an enclosing scope
+    n = 1
+    def cl(x):
+        return x + n
+    assert twice(cl, 1) == 2
+    n = 41
+    assert twice(cl, 1) == 42

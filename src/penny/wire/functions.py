@@ -116,7 +116,9 @@ class Probe:
     would be.  Probed places: a function's code, defaults and keyword
     defaults (and that it has no attributes), its closure cells, the globals
     it names, a partial's function, arguments and keywords.  It runs at every
-    submit of the callable, so it is plain attribute loads and identity tests.
+    submit of the callable, so `compile()` turns it into one function of
+    plain attribute loads and identity tests (about 0.1 us for a function
+    of ``__main__``).
     """
 
     __slots__ = ("fns", "partials", "empty", "cells", "dicts")
@@ -143,6 +145,19 @@ class Probe:
             return self._unchanged_contents()
         return True
 
+    def compile(self):
+        """`unchanged` as one generated function of this probe's shape (made
+        once per shape, then bound to this probe's objects)."""
+        contents = bool(self.cells or self.dicts)
+        make = _check_factory(len(self.fns), len(self.partials), len(self.empty), contents)
+        if make is None:
+            return self.unchanged
+        args = [x for entry in self.fns for x in entry] + [x for entry in self.partials for x in entry]
+        args += self.empty
+        if contents:
+            args.append(self._unchanged_contents)
+        return make(*args)
+
     def _unchanged_contents(self) -> bool:
         is_ = operator.is_
         try:
@@ -156,6 +171,41 @@ class Probe:
                                                     expected)):
                 return False
         return True
+
+
+_factories: dict = {}
+
+
+def _check_factory(nfns: int, npartials: int, nempty: int, contents: bool):
+    """A maker of `Probe.unchanged` for probes of one shape: ``make(*objects)``
+    returns a function that tests them all in one expression."""
+    key = (nfns, npartials, nempty, contents)
+    make = _factories.get(key)
+    if make is None:
+        if len(_factories) >= 256 or nfns + npartials + nempty > 32:
+            return None  # an unusual shape: the generic loop
+        params, terms = [], []
+        for i in range(nfns):
+            params += [f"f{i}", f"c{i}", f"d{i}", f"k{i}"]
+            terms.append(f"f{i}.__code__ is c{i} and f{i}.__defaults__ is d{i} "
+                         f"and f{i}.__kwdefaults__ is k{i} and not f{i}.__dict__")
+        for i in range(npartials):
+            params += [f"p{i}", f"pf{i}", f"pa{i}", f"pk{i}"]
+            terms.append(f"p{i}.func is pf{i} and p{i}.args is pa{i} and p{i}.keywords is pk{i}")
+        for i in range(nempty):
+            params.append(f"e{i}")
+            terms.append(f"not e{i}")
+        if contents:
+            params.append("rest")
+            terms.append("rest()")
+        src = (f"def make({', '.join(params)}):\n"
+               f"    def unchanged():\n"
+               f"        return {' and '.join(terms) or 'True'}\n"
+               f"    return unchanged\n")
+        ns: dict = {}
+        exec(compile(src, "<penny probe>", "exec"), ns)  # noqa: S102 - our own text, names only
+        make = _factories[key] = ns["make"]
+    return make
 
 
 def probe(fn) -> Probe | None:
@@ -281,7 +331,7 @@ class FunctionTable:
         self._static_ids = {id(f): i for i, f in self.static.items()}
         self._by_key: dict = {}        # "module:qualname" or pickle bytes -> dynamic id
         self._seen_once: dict = {}     # pickles submitted once, not yet registered (bounded)
-        self._cache: dict = {}         # id(callable) -> (callable, Probe or None, id, by name)
+        self._cache: dict = {}         # id(callable) -> (callable, unchanged check or None, id, by name)
         self._lock = threading.Lock()
         self._trampoline = None
 
@@ -289,7 +339,7 @@ class FunctionTable:
     def cached(self, fn) -> int | None:
         """`fn`'s id if this process knows it and it cannot have changed."""
         hit = self._cache.get(id(fn))
-        if hit is not None and hit[0] is fn and (hit[1] is None or hit[1].unchanged()):
+        if hit is not None and hit[0] is fn and (hit[1] is None or hit[1]()):
             return hit[2]
         fid = self._static_ids.get(id(fn))
         if fid is not None and self.static.get(fid) is fn:
@@ -314,6 +364,7 @@ class FunctionTable:
         fp = probe(fn)
         if fp is None:
             return None
+        fp = fp.compile()
         data = dumps(fn)
         if self._by_key.get(data) is None and not first_call_registers:
             if data not in self._seen_once:
