@@ -86,6 +86,32 @@ def forget_in_worker() -> None:
     current = None
 
 
+#: In a worker of Penny's launcher: the path of the main script, imported
+#: (as ``__mp_main__``, like multiprocessing does) only if a task needs one of
+#: its functions; never at start, so a script without a main guard is not run
+#: again by every worker.
+main_path = None
+_main_loaded = False
+
+
+def main_module():
+    """The module that ``__main__:name`` functions are looked up in."""
+    global _main_loaded
+    import sys
+
+    if in_worker and main_path and not _main_loaded:
+        _main_loaded = True
+        import runpy
+        import types
+
+        mod = types.ModuleType("__mp_main__")
+        mod.__file__ = main_path
+        sys.modules["__mp_main__"] = mod
+        mod.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+        sys.modules["__main__"] = mod
+    return sys.modules["__main__"]
+
+
 def outside_spawned() -> list:
     """This thread's futures of penny.spawn calls made outside tasks."""
     try:

@@ -118,6 +118,7 @@ class Scheduler(Frontend):
             raise ValueError("penny: trace needs trace rings; do not pass trace_buffer=0 with it")
         self._method = method
         self._retries = retries
+        self._pid = os.getpid()  # the owning process: a fork of it may not use us
         self._layout = Layout(
             workers=workers,
             deque_capacity=deque_capacity or config.DEQUE_CAPACITY,
@@ -196,7 +197,19 @@ class Scheduler(Frontend):
         """``submit(fn, ...).result()``."""
         return self.submit(fn, *args, **kwargs).result()
 
+    def _foreign(self) -> bool:
+        """True in a process forked from the one that made this scheduler."""
+        return os.getpid() != self._pid
+
+    def _check_foreign(self) -> None:
+        if os.getpid() != self._pid:
+            raise SchedulerClosedError(
+                f"penny: this scheduler belongs to process {self._pid}; this process ({os.getpid()}) is a "
+                "fork of it and cannot use it: create a new Scheduler here"
+            )
+
     def _check_open(self) -> None:
+        self._check_foreign()
         if self._closed:
             raise SchedulerClosedError("penny: this scheduler was shut down; create a new one")
         if self._broken is not None:
@@ -394,7 +407,16 @@ class Scheduler(Frontend):
     # ---- shutting down --------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; with `wait`, finish the pending ones and release
-        everything (processes, shared memory, threads) before returning."""
+        everything (processes, shared memory, threads) before returning.
+
+        Called from a future's done-callback (which runs on the collector
+        thread, the one that completes the pending futures), `wait` cannot
+        wait: the shutdown then finishes in the background, as with
+        ``wait=False``."""
+        if self._foreign():
+            return  # the parent's scheduler: nothing here is ours to stop
+        if wait and threading.current_thread() in (self._collector, getattr(self._supervisor, "_thread", None)):
+            wait = False
         with self._shutdown_lock:
             first = not self._closed
             self._closed = True
@@ -434,6 +456,8 @@ class Scheduler(Frontend):
     def _abort(self) -> None:
         """Stop now (Ctrl-C, interpreter exit): cancel what is queued, give
         running tasks a moment, then terminate the workers."""
+        if self._foreign():
+            return  # a fork's exit touches nothing of its parent's
         with self._shutdown_lock:
             self._closed = True
         self._cancel_pending()
@@ -521,6 +545,7 @@ class Scheduler(Frontend):
         which returns them and starts a new interval.  Workers publish their
         counters every config.STATS_FLUSH_EVERY tasks, when they go idle and
         before they park, so a busy worker's latest counts may lag."""
+        self._check_foreign()
         s = self._s
         if s is None:
             raise SchedulerClosedError("penny: the scheduler is shut down")
@@ -597,4 +622,4 @@ def _on_sigterm(signum, frame):
 @atexit.register
 def _shutdown_all() -> None:
     for sched in list(_context.live):
-        sched._abort()
+        sched._abort()  # a no-op for a scheduler of the process we were forked from

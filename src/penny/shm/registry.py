@@ -15,7 +15,7 @@ import importlib
 import sys
 import threading
 
-from .. import _core
+from .. import _context, _core
 from ..errors import NotImportableError, UnknownFunctionError
 from .layout import FN_ENTRY, FN_LEN, FN_NAME, FN_NAME_MAX, H_FN_COUNT, Layout
 
@@ -59,7 +59,7 @@ def resolve(name: str):
     """Import ``module:qualname`` (in a worker)."""
     module, _, qualname = name.partition(":")
     if module == "__main__":
-        mod = sys.modules["__main__"]
+        mod = _context.main_module()
     else:
         mod = importlib.import_module(module)
     obj = mod
