@@ -99,6 +99,11 @@ class Scheduler(Frontend):
         trace_buffer: int | None = None,
         backend: str = "local",
     ):
+        if _context.in_worker:
+            raise SchedulerClosedError(
+                "penny: a task cannot create a Scheduler (worker processes do not start workers of their "
+                "own): spawn children with penny.spawn/penny.sync, or return the data and submit from the caller"
+            )
         if workers is None:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:

@@ -130,6 +130,21 @@ class Launcher:
         self._adoptable: dict[int, LaunchedProcess] = {}  # every live handle, any launcher
         self._tokens = 0
         self._owner = os.getpid()
+        self._users = 0  # supervisors using this launcher; it stops with the last one
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        """One supervisor is done; the last one stops the server (and our
+        reader thread): a program whose schedulers are shut down has no
+        process or thread of Penny's left."""
+        with self._lock:
+            self._users -= 1
+            if self._users <= 0:
+                self._users = 0
+                self._drop_server()
 
     @property
     def pid(self):
@@ -167,6 +182,9 @@ class Launcher:
                 self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(5)
+        self._reader = None
         if self._proc is not None:
             try:
                 self._proc.wait(5)

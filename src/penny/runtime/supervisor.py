@@ -89,9 +89,13 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._watch, name="penny-supervisor", daemon=True)
         self._lock = threading.Lock()
+        self._launcher = None  # launcher.Launcher of the default start method
 
     # ---- starting ---------------------------------------------------------------
     def start_workers(self) -> None:
+        if self.sched._method == "forkserver":
+            self._launcher = launcher.get()
+            self._launcher.acquire()
         for w in range(len(self.procs)):
             self._start(w)
         self._thread.start()
@@ -103,7 +107,7 @@ class Supervisor:
             # Penny's own fork server (launcher.py): it never imports the
             # user's __main__, and its death is not the workers' death.
             payload = pickle.dumps((sched._layout, w, self.static, sched._method, seed))
-            p = launcher.get().start(payload, sched._region.fd, f"penny-worker-{w}")
+            p = self._launcher.start(payload, sched._region.fd, f"penny-worker-{w}")
         else:
             # Arm PR_SET_PDEATHSIG only if the thread starting the worker
             # lives as long as it should: the kernel sends it when the
@@ -281,5 +285,8 @@ class Supervisor:
             log.debug("penny: worker process %s %s", p.pid, describe_exit(p.exitcode, p))
             p.close()
         self.procs = [None] * len(self.procs)
+        if self._launcher is not None:
+            self._launcher.release()
+            self._launcher = None
         os.close(self._wake_r)
         os.close(self._wake_w)
