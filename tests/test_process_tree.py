@@ -161,7 +161,7 @@ def test_programs_a_task_starts_do_not_hold_the_region(make_sched, method, tmp_p
 ORPHAN = h.SCRIPT_PRELUDE + r"""
 import penny, time
 from tests import proc_tasks as pt
-s = penny.Scheduler(2)
+s = penny.Scheduler(2, start_method=os.environ.get("PENNY_TEST_METHOD") or None)
 s.run(helpers.add, 1, 1)
 if sys.argv[1] == "gil":
     s.submit(pt.hold_the_gil, sys.argv[2])
@@ -172,9 +172,11 @@ time.sleep(600)
 """
 
 
-def _orphan(mode, extra=(), prepare=None):
+def _orphan(mode, extra=(), prepare=None, method=None):
+    env = h.subprocess_env()
+    env["PENNY_TEST_METHOD"] = method or ""
     proc = subprocess.Popen([sys.executable, "-c", ORPHAN, mode, *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=h.subprocess_env(), cwd=h.ROOT)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=h.ROOT)
     tree = set()
     try:
         line = ""
@@ -205,12 +207,13 @@ def _orphan(mode, extra=(), prepare=None):
                 pass
 
 
-def test_a_stopped_worker_and_every_helper_die_with_the_main_process():
+@pytest.mark.parametrize("method", [None, "fork", "spawn"])
+def test_a_stopped_worker_and_every_helper_die_with_the_main_process(method):
     def stop(workers):
         os.kill(workers[0], signal.SIGSTOP)
         _wait(lambda: h.proc_state(workers[0]) == "T", 10, "the worker did not stop")
 
-    _orphan("idle", prepare=stop)
+    _orphan("idle", prepare=stop, method=method)
 
 
 def test_a_task_holding_the_gil_does_not_delay_its_workers_exit(tmp_path):
