@@ -130,12 +130,27 @@ report("closed", closed=s._closed, torn_down=s._torn_down.is_set())
 """
 
 
-def test_shutdown_from_a_done_callback_does_not_deadlock():
+CANCEL_CALLBACK_SHUTDOWN = h.SCRIPT_PRELUDE + r"""
+import penny
+s = penny.Scheduler(1)
+running = s.submit(helpers.sleep_return, 1.0, "slow")
+queued = s.submit(helpers.sleep_return, 0.0, "queued")
+queued.add_done_callback(lambda f: s.shutdown())  # runs in our shutdown, which cancels it
+s.shutdown(cancel_futures=True)
+report("closed", closed=s._closed, torn_down=s._torn_down.is_set(), cancelled=queued.cancelled())
+"""
+
+
+@pytest.mark.parametrize("script", ["completed", "cancelled"])
+def test_shutdown_from_a_done_callback_does_not_deadlock(script):
     t0 = time.monotonic()
-    r = h.run_script(CALLBACK_SHUTDOWN, timeout=120)
+    r = h.run_script(CALLBACK_SHUTDOWN if script == "completed" else CANCEL_CALLBACK_SHUTDOWN, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = h.reports(r.stdout)
-    assert rep["slow"]["value"] == "slow"  # a pending task still finished
+    if script == "completed":
+        assert rep["slow"]["value"] == "slow"  # a pending task still finished
+    else:
+        assert rep["closed"]["cancelled"] is True
     assert rep["closed"]["closed"] is True and rep["closed"]["torn_down"] is True, rep
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert time.monotonic() - t0 < 110

@@ -136,6 +136,7 @@ class Scheduler(Frontend):
         self._closed = False
         self._broken: BaseException | None = None
         self._shutdown_lock = threading.Lock()
+        self._stopping_threads: set = set()  # idents of threads inside shutdown/abort (callbacks reenter)
         self._backlog_lock = threading.RLock()
         self._backlog: collections.deque = collections.deque()
         self._futures: dict[int, TaskFuture] = {}
@@ -415,31 +416,43 @@ class Scheduler(Frontend):
         everything (processes, shared memory, threads) before returning.
 
         Called from a future's done-callback (which runs on the collector
-        thread, the one that completes the pending futures), `wait` cannot
-        wait: the shutdown then finishes in the background, as with
-        ``wait=False``."""
+        thread, the one that completes the pending futures, or on the thread
+        that is shutting the scheduler down and fails or cancels futures),
+        `wait` cannot wait: the shutdown then finishes in the background, as
+        with ``wait=False``."""
         if self._foreign():
             return  # the parent's scheduler: nothing here is ours to stop
-        if wait and threading.current_thread() in (self._collector, getattr(self._supervisor, "_thread", None)):
+        me = threading.current_thread()
+        if wait and (me in (self._collector, getattr(self._supervisor, "_thread", None))
+                     or me.ident in self._stopping_threads):
             wait = False
-        with self._shutdown_lock:
-            first = not self._closed
-            self._closed = True
-        if cancel_futures:
-            self._cancel_pending()
-        if not first:
+        self._stopping_threads.add(me.ident)
+        try:
+            with self._shutdown_lock:
+                first = not self._closed
+                self._closed = True
+            if cancel_futures:
+                self._cancel_pending()
+            if not first:
+                if wait:
+                    self._torn_down.wait()
+                return
             if wait:
-                self._torn_down.wait()
-            return
-        if wait:
-            self._wait_pending()
-            self._teardown(force=False)
-        else:
-            threading.Thread(target=self._finish_in_background, name="penny-shutdown", daemon=True).start()
+                self._wait_pending()
+                self._teardown(force=False)
+            else:
+                threading.Thread(target=self._finish_in_background, name="penny-shutdown", daemon=True).start()
+        finally:
+            self._stopping_threads.discard(me.ident)
 
     def _finish_in_background(self) -> None:
-        self._wait_pending()
-        self._teardown(force=False)
+        ident = threading.get_ident()
+        self._stopping_threads.add(ident)
+        try:
+            self._wait_pending()
+            self._teardown(force=False)
+        finally:
+            self._stopping_threads.discard(ident)
 
     def _cancel_pending(self) -> None:
         with self._backlog_lock:
@@ -463,10 +476,15 @@ class Scheduler(Frontend):
         running tasks a moment, then terminate the workers."""
         if self._foreign():
             return  # a fork's exit touches nothing of its parent's
-        with self._shutdown_lock:
-            self._closed = True
-        self._cancel_pending()
-        self._teardown(force=True)
+        ident = threading.get_ident()
+        self._stopping_threads.add(ident)
+        try:
+            with self._shutdown_lock:
+                self._closed = True
+            self._cancel_pending()
+            self._teardown(force=True)
+        finally:
+            self._stopping_threads.discard(ident)
 
     def _teardown(self, force: bool) -> None:
         with self._shutdown_lock:
