@@ -182,6 +182,14 @@ if sys.argv[1] == "gil":
     s.submit(pt.hold_the_gil, sys.argv[2])
 elif sys.argv[1] == "closefds":
     s.submit(pt.close_my_fds_then, 1, 600)
+if sys.argv[1] == "killlauncher":
+    old = s._supervisor._launcher.pid
+    os.kill(old, 9)
+    end = time.time() + 60
+    while s._supervisor._launcher.pid in (None, old) and time.time() < end:
+        time.sleep(0.05)
+    time.sleep(1)
+    report("launchers", old=old, new=s._supervisor._launcher.pid)
 report("pids", workers=[p.pid for p in s._supervisor.procs], me=os.getpid())
 time.sleep(600)
 """
@@ -195,14 +203,17 @@ def _orphan(mode, extra=(), prepare=None, method=None):
     tree = set()
     try:
         line = ""
-        while not line.startswith("@@"):
+        while not line.startswith('@@{"workers"'):
             line = proc.stdout.readline()
             assert line, proc.stderr.read()[-3000:]
         rep = h.reports(line)["pids"]
         if prepare is not None:
             prepare(rep["workers"])
         tree = h.descendants(proc.pid)
-        assert set(rep["workers"]) <= tree
+        if mode != "killlauncher":
+            assert set(rep["workers"]) <= tree
+        tree |= set(rep["workers"])  # orphans of a killed launcher are not our descendants
+        assert all(h.pid_alive(w) for w in rep["workers"])
         proc.kill()
         proc.wait()
         left = h.wait_gone(tree, timeout=15)
@@ -229,6 +240,16 @@ def test_a_stopped_worker_and_every_helper_die_with_the_main_process(method):
         _wait(lambda: h.proc_state(workers[0]) == "T", 10, "the worker did not stop")
 
     _orphan("idle", prepare=stop, method=method)
+
+
+def test_workers_outliving_a_killed_launcher_still_die_with_the_main_process():
+    """The launcher is restarted when it dies, and the new one adopts the
+    workers of the old: a stopped one still dies with the main process."""
+    def stop(workers):
+        os.kill(workers[1], signal.SIGSTOP)
+        _wait(lambda: h.proc_state(workers[1]) == "T", 10, "the worker did not stop")
+
+    _orphan("killlauncher", prepare=stop)
 
 
 def test_a_task_holding_the_gil_does_not_delay_its_workers_exit(tmp_path):

@@ -131,10 +131,22 @@ class Launcher:
         self._tokens = 0
         self._owner = os.getpid()
         self._users = 0  # supervisors using this launcher; it stops with the last one
+        self._closing = False
 
     def acquire(self) -> None:
         with self._lock:
             self._users += 1
+
+    def _restart(self, sock) -> None:
+        """The server died under us: start another at once, which adopts the
+        live workers (so that they still die with the main process)."""
+        with self._lock:
+            if self._closing or self._users <= 0 or self._sock is not sock:
+                return
+            try:
+                self._ensure()
+            except Exception:  # noqa: BLE001 - the next start tries again
+                pass
 
     def release(self) -> None:
         """One supervisor is done; the last one stops the server (and our
@@ -144,7 +156,11 @@ class Launcher:
             self._users -= 1
             if self._users <= 0:
                 self._users = 0
-                self._drop_server()
+                self._closing = True
+                try:
+                    self._drop_server()
+                finally:
+                    self._closing = False
 
     @property
     def pid(self):
@@ -271,13 +287,20 @@ class Launcher:
                 if slot[1] is None:
                     slot[1] = LauncherError("penny: the worker launcher died")
                     slot[0].set()
+            if not self._closing and self._owner == os.getpid():
+                threading.Thread(target=self._restart, args=(sock,), name="penny-launcher-restart",
+                                 daemon=True).start()
 
     def _forget(self, p: LaunchedProcess) -> None:
         self._adoptable.pop(p.pid, None)
 
     def close(self) -> None:
         with self._lock:
-            self._drop_server()
+            self._closing = True
+            try:
+                self._drop_server()
+            finally:
+                self._closing = False
 
 
 _launcher: Launcher | None = None
