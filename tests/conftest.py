@@ -121,13 +121,15 @@ def make_sched():
 
 
 def _helper_process(pid) -> bool:
-    """multiprocessing's forkserver and resource tracker (long-lived, shared)."""
+    """Penny's worker launcher, multiprocessing's forkserver and resource
+    tracker (long-lived, shared by the process's schedulers)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read()
     except OSError:
         return False
-    return b"multiprocessing.forkserver" in cmd or b"multiprocessing.resource_tracker" in cmd
+    return (b"penny.runtime.launcher" in cmd or b"multiprocessing.forkserver" in cmd
+            or b"multiprocessing.resource_tracker" in cmd)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import functools
 import subprocess
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -485,7 +486,10 @@ def test_worker_exit_is_retried_then_reported(make_sched):
         s.run(h.exit_now, 3)
     assert s._supervisor.crashes == 2
     still_works(s)
-    # the pool is whole again
+    # the pool is whole again (the replacement may start just after the error is reported)
+    end = time.monotonic() + 60
+    while len([p for p in h.worker_pids(s) if h.pid_alive(p)]) != 2 and time.monotonic() < end:
+        time.sleep(0.05)
     assert len([p for p in h.worker_pids(s) if h.pid_alive(p)]) == 2
 
 
@@ -544,6 +548,7 @@ def test_broken_scheduler_fails_futures_and_still_shuts_down():
 
 CALLBACK_SCRIPT = h.SCRIPT_PRELUDE + """
 import threading
+import time
 import penny
 gate_dir = sys.argv[1]
 tree = set()

@@ -99,6 +99,11 @@ class Scheduler(Frontend):
         trace_buffer: int | None = None,
         backend: str = "local",
     ):
+        if _context.in_worker:
+            raise SchedulerClosedError(
+                "penny: a task cannot create a Scheduler (worker processes do not start workers of their "
+                "own): spawn children with penny.spawn/penny.sync, or return the data and submit from the caller"
+            )
         if workers is None:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -118,6 +123,7 @@ class Scheduler(Frontend):
             raise ValueError("penny: trace needs trace rings; do not pass trace_buffer=0 with it")
         self._method = method
         self._retries = retries
+        self._pid = os.getpid()  # the owning process: a fork of it may not use us
         self._layout = Layout(
             workers=workers,
             deque_capacity=deque_capacity or config.DEQUE_CAPACITY,
@@ -130,6 +136,7 @@ class Scheduler(Frontend):
         self._closed = False
         self._broken: BaseException | None = None
         self._shutdown_lock = threading.Lock()
+        self._stopping_threads: set = set()  # idents of threads inside shutdown/abort (callbacks reenter)
         self._backlog_lock = threading.RLock()
         self._backlog: collections.deque = collections.deque()
         self._futures: dict[int, TaskFuture] = {}
@@ -198,7 +205,19 @@ class Scheduler(Frontend):
         """``submit(fn, ...).result()``."""
         return self.submit(fn, *args, **kwargs).result()
 
+    def _foreign(self) -> bool:
+        """True in a process forked from the one that made this scheduler."""
+        return os.getpid() != self._pid
+
+    def _check_foreign(self) -> None:
+        if os.getpid() != self._pid:
+            raise SchedulerClosedError(
+                f"penny: this scheduler belongs to process {self._pid}; this process ({os.getpid()}) is a "
+                "fork of it and cannot use it: create a new Scheduler here"
+            )
+
     def _check_open(self) -> None:
+        self._check_foreign()
         if self._closed:
             raise SchedulerClosedError("penny: this scheduler was shut down; create a new one")
         if self._broken is not None:
@@ -399,25 +418,46 @@ class Scheduler(Frontend):
     # ---- shutting down --------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; with `wait`, finish the pending ones and release
-        everything (processes, shared memory, threads) before returning."""
-        with self._shutdown_lock:
-            first = not self._closed
-            self._closed = True
-        if cancel_futures:
-            self._cancel_pending()
-        if not first:
+        everything (processes, shared memory, threads) before returning.
+
+        Called from a future's done-callback (which runs on the collector
+        thread, the one that completes the pending futures, or on the thread
+        that is shutting the scheduler down and fails or cancels futures),
+        `wait` cannot wait: the shutdown then finishes in the background, as
+        with ``wait=False``."""
+        if self._foreign():
+            return  # the parent's scheduler: nothing here is ours to stop
+        me = threading.current_thread()
+        if wait and (me in (self._collector, getattr(self._supervisor, "_thread", None))
+                     or me.ident in self._stopping_threads):
+            wait = False
+        self._stopping_threads.add(me.ident)
+        try:
+            with self._shutdown_lock:
+                first = not self._closed
+                self._closed = True
+            if cancel_futures:
+                self._cancel_pending()
+            if not first:
+                if wait:
+                    self._torn_down.wait()
+                return
             if wait:
-                self._torn_down.wait()
-            return
-        if wait:
-            self._wait_pending()
-            self._teardown(force=False)
-        else:
-            threading.Thread(target=self._finish_in_background, name="penny-shutdown", daemon=True).start()
+                self._wait_pending()
+                self._teardown(force=False)
+            else:
+                threading.Thread(target=self._finish_in_background, name="penny-shutdown", daemon=True).start()
+        finally:
+            self._stopping_threads.discard(me.ident)
 
     def _finish_in_background(self) -> None:
-        self._wait_pending()
-        self._teardown(force=False)
+        ident = threading.get_ident()
+        self._stopping_threads.add(ident)
+        try:
+            self._wait_pending()
+            self._teardown(force=False)
+        finally:
+            self._stopping_threads.discard(ident)
 
     def _cancel_pending(self) -> None:
         with self._backlog_lock:
@@ -439,10 +479,17 @@ class Scheduler(Frontend):
     def _abort(self) -> None:
         """Stop now (Ctrl-C, interpreter exit): cancel what is queued, give
         running tasks a moment, then terminate the workers."""
-        with self._shutdown_lock:
-            self._closed = True
-        self._cancel_pending()
-        self._teardown(force=True)
+        if self._foreign():
+            return  # a fork's exit touches nothing of its parent's
+        ident = threading.get_ident()
+        self._stopping_threads.add(ident)
+        try:
+            with self._shutdown_lock:
+                self._closed = True
+            self._cancel_pending()
+            self._teardown(force=True)
+        finally:
+            self._stopping_threads.discard(ident)
 
     def _teardown(self, force: bool) -> None:
         with self._shutdown_lock:
@@ -526,6 +573,7 @@ class Scheduler(Frontend):
         which returns them and starts a new interval.  Workers publish their
         counters every config.STATS_FLUSH_EVERY tasks, when they go idle and
         before they park, so a busy worker's latest counts may lag."""
+        self._check_foreign()
         s = self._s
         if s is None:
             raise SchedulerClosedError("penny: the scheduler is shut down")
@@ -602,4 +650,4 @@ def _on_sigterm(signum, frame):
 @atexit.register
 def _shutdown_all() -> None:
     for sched in list(_context.live):
-        sched._abort()
+        sched._abort()  # a no-op for a scheduler of the process we were forked from

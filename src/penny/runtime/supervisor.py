@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import threading
 from multiprocessing.connection import wait as wait_sentinels
@@ -55,7 +56,7 @@ from ..shm.layout import (
     W_PID,
 )
 from ..shm.parking import AWAKE
-from . import worker
+from . import launcher, worker
 from .recovery import dead_tasks, doom, reap
 
 _MINUS_ONE = 0xFFFF_FFFF
@@ -63,7 +64,9 @@ log = logging.getLogger("penny.supervisor")
 MAX_START_FAILURES = 3
 
 
-def describe_exit(code) -> str:
+def describe_exit(code, proc=None) -> str:
+    if proc is not None and getattr(proc, "status_lost", False):
+        return "exited (its exit status was lost with the worker launcher)"
     if code is None:
         return "is still running"
     if code < 0:
@@ -88,12 +91,13 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._watch, name="penny-supervisor", daemon=True)
         self._lock = threading.Lock()
+        self._launcher = None  # launcher.Launcher of the default start method
 
     # ---- starting ---------------------------------------------------------------
     def start_workers(self) -> None:
-        if self.ctx.get_start_method() == "forkserver":
-            # Workers fork from a server that already imported Penny: fast starts.
-            self.ctx.set_forkserver_preload(["penny.runtime.worker"])
+        if self.sched._method == "forkserver":
+            self._launcher = launcher.get()
+            self._launcher.acquire()
         for w in range(len(self.procs)):
             self._start(w)
         self._thread.start()
@@ -101,15 +105,27 @@ class Supervisor:
     def _start(self, w: int) -> None:
         sched = self.sched
         seed = None if self.seed is None else self.seed * 1_000_003 + w
-        p = self.ctx.Process(
-            target=worker.main,
-            args=(sched._region.handle(), w, self.static, sched._method, seed),
-            name=f"penny-worker-{w}",
-            daemon=True,
-        )
-        p.start()
+        if sched._method == "forkserver":
+            # Penny's own fork server (launcher.py): it never imports the
+            # user's __main__, and its death is not the workers' death.
+            payload = pickle.dumps((sched._layout, w, self.static, sched._method, seed))
+            p = self._launcher.start(payload, sched._region.fd, f"penny-worker-{w}")
+        else:
+            # Arm PR_SET_PDEATHSIG only if the thread starting the worker
+            # lives as long as it should: the kernel sends it when the
+            # *thread* that made the child exits (the main thread, or ours).
+            me = threading.current_thread()
+            pdeath = me is threading.main_thread() or me is self._thread
+            p = self.ctx.Process(
+                target=worker.main,
+                args=(sched._region.handle(), w, self.static, sched._method, seed),
+                kwargs={"pdeathsig": pdeath},
+                name=f"penny-worker-{w}",
+                daemon=True,
+            )
+            p.start()
         self.procs[w] = p
-        log.debug("penny: started worker %d (pid %s, %s)", w, p.pid, self.ctx.get_start_method())
+        log.debug("penny: started worker %d (pid %s, %s)", w, p.pid, sched._method)
 
     # ---- watching -----------------------------------------------------------------
     def _watch(self) -> None:
@@ -143,7 +159,7 @@ class Supervisor:
         if s is None or self._stopping:
             return
         self.crashes += 1
-        how = describe_exit(proc.exitcode)
+        how = describe_exit(proc.exitcode, proc)
         oom = oom_kills()
         if proc.exitcode == -signal.SIGKILL and oom > self._oom_kills:
             how += " (probably by the kernel's OOM killer: its kill count rose meanwhile; the task may need less memory)"
@@ -272,8 +288,11 @@ class Supervisor:
             if p.exitcode is None:
                 p.kill()
                 p.join()
-            log.debug("penny: worker process %s %s", p.pid, describe_exit(p.exitcode))
+            log.debug("penny: worker process %s %s", p.pid, describe_exit(p.exitcode, p))
             p.close()
         self.procs = [None] * len(self.procs)
+        if self._launcher is not None:
+            self._launcher.release()
+            self._launcher = None
         os.close(self._wake_r)
         os.close(self._wake_w)

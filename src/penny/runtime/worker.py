@@ -74,8 +74,15 @@ log = logging.getLogger("penny.worker")
 current = None
 
 
-def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: str, seed: int | None = None) -> None:
-    """Entry point of a worker process."""
+def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: str, seed: int | None = None,
+         *, pdeathsig: bool = False) -> None:
+    """Entry point of a worker process.
+
+    `pdeathsig`: arm ``PR_SET_PDEATHSIG(SIGKILL)``, for a worker whose parent
+    is the main process (fork, spawn) started from a thread that lives as
+    long as the main process or the scheduler.  Workers of Penny's launcher
+    are killed by the launcher when the main process dies (launcher.py).
+    """
     global current
     # Ctrl-C goes to the whole foreground process group: the main process
     # handles it and shuts us down; a worker that died of it would lose work.
@@ -83,7 +90,12 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (fork)
     region = handle.attach()
     _context.forget_in_worker()  # after attach: under fork our descriptor is the parent's copy
-    watch_parent(region.main_pid)
+    main_pid = region.main_pid
+    if pdeathsig and set_pdeathsig(signal.SIGKILL) and os.getppid() != main_pid:
+        os._exit(3)  # the main process died before the signal was armed
+    watch_parent(main_pid)
+    global _worker_pid
+    _worker_pid = os.getpid()
     try:
         current = Worker(region, wid, static_functions, start_method, seed)
         log.debug("penny worker %d started (pid %d, %s)", wid, os.getpid(), start_method)
@@ -98,6 +110,46 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     finally:
         current = None
         region.close()
+
+
+#: The pid of this worker process (0 until main runs).
+_worker_pid = 0
+#: True in the child of an os.fork() that a task made.
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    """A task called os.fork(): the child is not a worker.  It must never run
+    the loop on our slot nor touch the region: `leave_forked_child` ends it
+    when the task returns in it; penny.spawn there raises (no fork-join)."""
+    global _forked
+    if _worker_pid:
+        _forked = True
+        _context.fork = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def leave_forked_child(failed: bool) -> None:
+    """In the child of an os.fork() made by a task, once the task returned
+    (or raised) there: exit at once, 0 or 1, without touching anything shared."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(1 if failed else 0)
+
+
+def set_pdeathsig(sig: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG, sig) for this process; False where unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(sig), 0, 0, 0) == 0  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return False
 
 
 class Worker:
@@ -232,6 +284,8 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
             value, failed = exc, True
             del exc
+        if _forked:
+            leave_forked_child(failed)  # the task forked and returned in the child
         if ref in fork.published or fork.live() or fork.pinned:
             err = fork.end_task(ref)  # implicit sync: children finish before their parent
             if err is not None and not failed:
@@ -451,32 +505,20 @@ class Worker:
 
 
 def watch_parent(pid: int) -> None:
-    """Exit this worker as soon as the main process dies, even mid-task.
+    """Exit this worker soon after the main process dies, even mid-task.
 
-    A daemon thread blocks (without the GIL) on a pidfd of the main process,
-    which becomes readable when it exits, reaped or not; then the worker
-    leaves at once: nobody is left to want its results, and the region is
-    freed when its last mapping goes.  Without pidfd (old kernels), the
-    thread polls every PARK_TIMEOUT seconds instead.
+    The backup of the launcher's SIGKILL (or PR_SET_PDEATHSIG under fork and
+    spawn): a daemon thread checks every 0.5 s whether the main process still
+    runs (a zombie counts as dead).  It keeps no descriptor open, so a task
+    that closes descriptors cannot break it, nor make a reused number look
+    like the parent's death.
     """
-    import select
     import threading
 
-    def exit_now():
-        os._exit(3)
-
     def watch():
-        fd = -1
-        try:
-            fd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            pass
-        if fd >= 0 and process_alive(pid):
-            select.select([fd], [], [])
-            exit_now()
         while process_alive(pid):
-            time.sleep(config.PARK_TIMEOUT)
-        exit_now()
+            time.sleep(0.5)
+        os._exit(3)
 
     threading.Thread(target=watch, name="penny-parent-watch", daemon=True).start()
 

@@ -174,6 +174,11 @@ class RegionHandle:
     def attach(self) -> Region:
         fd = self.fd if self._owned else os.dup(self.fd)
         self._owned = False
+        # Close-on-exec in every process: a descriptor received over a socket
+        # or through spawn's pass_fds arrives inheritable, and a program that
+        # a task starts (os.system, subprocess(close_fds=False)) must not
+        # hold the region.  (os.dup already gives a non-inheritable copy.)
+        os.set_inheritable(fd, False)
         region = Region(fd, self.layout, owner=False)
         try:
             region.check_header()
