@@ -9,6 +9,10 @@
 # stack.  Every item must be taken exactly once, and any TSan report fails
 # the run (exit status 66).
 #
+# TSan does not model store-load reordering: scripts/stress.sh runs the same
+# harness built with plain -O2, and scripts/mutation.sh shows it catches a
+# removed fence that this run does not.
+#
 #   bash scripts/tsan.sh [SCALE]      # SCALE multiplies the item counts (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."

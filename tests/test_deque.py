@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from penny import _core
+from penny.errors import CorruptRegionError
 from tests import deque
 from tests.deque import EMPTY, RETRY, Stealer, Worker
 from tests.procs import join_all
@@ -98,9 +99,9 @@ def test_offset_must_be_aligned_and_in_range():
 def test_a_corrupt_mask_cannot_make_the_deque_scribble(make_deque):
     s, w, t = make_deque(4)
     s.store64(128, (1 << 20) - 1)  # DQ_MASK: claims a 1M-slot ring
-    with pytest.raises(IndexError):
+    with pytest.raises(CorruptRegionError, match="corrupt"):
         w.push(1)
-    with pytest.raises(IndexError):
+    with pytest.raises(CorruptRegionError, match="corrupt"):
         t.steal()
 
 

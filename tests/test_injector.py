@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from penny import _core
+from penny.errors import CorruptRegionError
 from tests import injector
 from tests.injector import Injector
 from tests.procs import join_all
@@ -95,9 +96,9 @@ def test_offset_must_be_aligned_and_in_range():
 def test_a_corrupt_mask_cannot_make_the_ring_scribble(make_queue):
     s, q = make_queue(4)
     s.store64(128, (1 << 24) - 1)  # Q_MASK
-    with pytest.raises(IndexError):
+    with pytest.raises(CorruptRegionError, match="corrupt"):
         q.push(1)
-    with pytest.raises(IndexError):
+    with pytest.raises(CorruptRegionError, match="corrupt"):
         q.pop()
 
 

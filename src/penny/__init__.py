@@ -23,6 +23,7 @@ from ._version import __version__  # noqa: E402
 from .errors import (  # noqa: E402
     ArgumentPicklingError,
     ArgumentUnpicklingError,
+    CorruptRegionError,
     NotImportableError,
     PennyError,
     ResultPicklingError,
@@ -51,6 +52,7 @@ _register_backend("ray", _ray_scheduler)
 __all__ = [
     "ArgumentPicklingError",
     "ArgumentUnpicklingError",
+    "CorruptRegionError",
     "Executor",
     "Handle",
     "NotImportableError",

@@ -35,6 +35,14 @@ class TaskError(PennyError):
         return (type(self), (self.args[0], self.remote_type, self.remote_traceback))
 
 
+class CorruptRegionError(PennyError, RuntimeError):
+    """A word read from the shared region is impossible (a ref, index, count,
+    capacity or offset outside what the layout allows): another process
+    scribbled on the region, or it is not a Penny region.  The native core
+    raises this instead of following the word; a scheduler that meets it in
+    its collector marks itself broken and fails every pending future."""
+
+
 class SchedulerClosedError(PennyError, RuntimeError):
     """The scheduler was shut down; it accepts no new tasks."""
 

@@ -18,6 +18,7 @@ import atexit
 import collections
 import concurrent.futures as cf
 import itertools
+import logging
 import multiprocessing
 import os
 import signal
@@ -26,6 +27,8 @@ import time
 
 from .. import _context, _core, config
 from ..errors import (
+    CorruptRegionError,
+    PennyError,
     SchedulerClosedError,
     TaskError,
     UnknownFunctionError,
@@ -356,20 +359,24 @@ class Scheduler(Frontend):
 
         idle = 0
         while True:
-            fast, slow = collect(1024, futures)
-            if fast or slow:
-                idle = 0
-                for fut, value in fast:
-                    if fut is not None:
-                        try:
-                            fut.set_result(value)
-                        except cf.InvalidStateError:
-                            pass  # cancelled by the caller in the meantime
-                for ref in slow:
-                    complete(ref)
-                if self._backlog:
-                    self._drain_backlog()
-                continue
+            try:
+                fast, slow = collect(1024, futures)
+                if fast or slow:
+                    idle = 0
+                    for fut, value in fast:
+                        if fut is not None:
+                            try:
+                                fut.set_result(value)
+                            except cf.InvalidStateError:
+                                pass  # cancelled by the caller in the meantime
+                    for ref in slow:
+                        complete(ref)
+                    if self._backlog:
+                        self._drain_backlog()
+                    continue
+            except Exception as e:  # noqa: BLE001 - never let the collector die silently
+                self._collector_failed(e)
+                return
             if self._collector_stop:
                 return
             idle += 1
@@ -377,6 +384,26 @@ class Scheduler(Frontend):
                 os.sched_yield()
                 continue
             self._collector_parker.park(has_work, 0.5)
+
+    def _collector_failed(self, e: Exception) -> None:
+        """The collector cannot go on (a corrupt completion ring, a record it
+        cannot read): mark the scheduler broken and fail every pending future
+        with the error, now and until shutdown (a submit racing with this
+        may register a future after the first sweep), so nothing hangs."""
+        if isinstance(e, PennyError):
+            err = e
+        else:
+            err = CorruptRegionError(f"penny: the result collector failed: {e!r}")
+            err.__cause__ = e
+        if self._broken is None:
+            self._broken = err
+        logging.getLogger("penny").error("penny: the scheduler is broken: %s", err)
+        fail = self._supervisor._fail_everything
+        while True:
+            fail(self._broken)
+            if self._collector_stop:
+                return
+            self._collector_parker.park(lambda: self._collector_stop, 0.1)
 
     def _complete(self, ref: int) -> None:
         """Move a finished task's outcome into its future and recycle the record."""

@@ -124,6 +124,8 @@ S_unpack_inline(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     const char *p = span(s, off, cap);
     if (!p)
         return NULL;
+    if (cap < 1)
+        return PyErr_Format(PyExc_ValueError, "unpack_inline needs at least the count byte");
     const char *end = p + cap;
     Py_ssize_t n = (unsigned char)*p++;
     PyObject *tup = PyTuple_New(n);
@@ -177,6 +179,6 @@ S_unpack_inline(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return tup;
 corrupt:
     Py_DECREF(tup);
-    return PyErr_Format(PyExc_RuntimeError, "corrupt inline record at offset %zd", off);
+    return corrupt("penny: corrupt inline record at offset %zd", off);
 }
 

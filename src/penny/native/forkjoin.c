@@ -95,26 +95,85 @@ static PyObject *
 Handle_repr(HandleObject *h)
 {
     static const char *names[] = {"private", "published", "done"};
-    return PyUnicode_FromFormat("<penny.Handle %s ref=%#llx>", names[h->state % 3], h->ref);
+    /* PyUnicode_FromFormat has no %#llx: format the hex digits ourselves. */
+    char ref[32];
+    PyOS_snprintf(ref, sizeof ref, "%#llx", h->ref);
+    return PyUnicode_FromFormat("<penny.Handle %s ref=%s>", names[h->state % 3], ref);
 }
 
+/* Read-only from Python: run_private and M_sync trust these fields (a
+ * private handle's fn and args are called; a done one's value is raised or
+ * returned), so only the C code below and the transitions _publish and
+ * _settle may change them, each from the one state it is allowed from. */
 static PyMemberDef Handle_members[] = {
-    {"state", T_INT, offsetof(HandleObject, state), 0, "0 private, 1 published, 2 done"},
-    {"failed", T_INT, offsetof(HandleObject, failed), 0, "the child raised (value is the exception)"},
-    {"observed", T_INT, offsetof(HandleObject, observed), 0, "its outcome was synced"},
-    {"fid", T_UINT, offsetof(HandleObject, fid), 0, "function id"},
-    {"parent", T_ULONGLONG, offsetof(HandleObject, parent), 0, "ref of the spawning task"},
-    {"ref", T_ULONGLONG, offsetof(HandleObject, ref), 0, "record ref once published"},
-    {"fn", T_OBJECT, offsetof(HandleObject, fn), 0, NULL},
-    {"args", T_OBJECT, offsetof(HandleObject, args), 0, NULL},
-    {"kwargs", T_OBJECT, offsetof(HandleObject, kwargs), 0, NULL},
-    {"value", T_OBJECT, offsetof(HandleObject, value), 0, "result or exception once done"},
+    {"state", T_INT, offsetof(HandleObject, state), READONLY, "0 private, 1 published, 2 done"},
+    {"failed", T_INT, offsetof(HandleObject, failed), READONLY, "the child raised (value is the exception)"},
+    {"observed", T_INT, offsetof(HandleObject, observed), READONLY, "its outcome was synced"},
+    {"fid", T_UINT, offsetof(HandleObject, fid), READONLY, "function id"},
+    {"parent", T_ULONGLONG, offsetof(HandleObject, parent), READONLY, "ref of the spawning task"},
+    {"ref", T_ULONGLONG, offsetof(HandleObject, ref), READONLY, "record ref once published"},
+    {"fn", T_OBJECT, offsetof(HandleObject, fn), READONLY, NULL},
+    {"args", T_OBJECT, offsetof(HandleObject, args), READONLY, NULL},
+    {"kwargs", T_OBJECT, offsetof(HandleObject, kwargs), READONLY, NULL},
+    {"value", T_OBJECT, offsetof(HandleObject, value), READONLY, "result or exception once done"},
     {NULL},
 };
+
+/* _publish(ref): private -> published (fibers: the child got a record). */
+static PyObject *
+Handle_publish(HandleObject *h, PyObject *arg)
+{
+    unsigned long long ref = PyLong_AsUnsignedLongLong(arg);
+    if (ref == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (h->state != H_PRIVATE)
+        return PyErr_Format(PyExc_RuntimeError, "penny: only a private handle can be published");
+    h->state = H_PUBLISHED;
+    h->ref = ref;
+    Py_CLEAR(h->fn);
+    Py_CLEAR(h->args);
+    Py_CLEAR(h->kwargs);
+    Py_RETURN_NONE;
+}
+
+/* _settle(value, failed): published -> done with its outcome (fibers.take). */
+static PyObject *
+Handle_settle(HandleObject *h, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_settle(value, failed) takes 2 arguments");
+    int failed = PyObject_IsTrue(args[1]);
+    if (failed < 0)
+        return NULL;
+    if (h->state != H_PUBLISHED)
+        return PyErr_Format(PyExc_RuntimeError, "penny: only a published handle can be settled");
+    if (failed && !PyExceptionInstance_Check(args[0]))
+        return PyErr_Format(PyExc_TypeError, "penny: a failed handle's value must be an exception");
+    Py_XSETREF(h->value, Py_NewRef(args[0]));
+    h->failed = failed;
+    h->state = H_DONE;
+    Py_RETURN_NONE;
+}
+
+/* _observe(flag): whether its outcome was synced (reported at the end of the
+ * task if a failure was not). */
+static PyObject *
+Handle_observe(HandleObject *h, PyObject *arg)
+{
+    int v = PyObject_IsTrue(arg);
+    if (v < 0)
+        return NULL;
+    h->observed = v;
+    Py_RETURN_NONE;
+}
 
 static PyMethodDef Handle_methods[] = {
     {"result", (PyCFunction)Handle_result, METH_NOARGS, "The child's result (penny.sync(handle))."},
     {"done", (PyCFunction)Handle_done, METH_NOARGS, "Whether the child's outcome is in the handle."},
+    {"_publish", (PyCFunction)Handle_publish, METH_O, "_publish(ref): private -> published (runtime only)"},
+    {"_settle", (PyCFunction)(void (*)(void))Handle_settle, METH_FASTCALL,
+     "_settle(value, failed): published -> done (runtime only)"},
+    {"_observe", (PyCFunction)Handle_observe, METH_O, "_observe(flag) (runtime only)"},
     {NULL},
 };
 
@@ -186,9 +245,21 @@ static int
 ForkCore_init(ForkCore *f, PyObject *args, PyObject *kw)
 {
     PyObject *sh;
-    if (!PyArg_ParseTuple(args, "O!nni:ForkCore", &SharedType, &sh, &f->sleepers_off, &f->deque_off,
-                          &f->max_depth))
+    Py_ssize_t sleepers_off, deque_off;
+    int max_depth;
+    if (!PyArg_ParseTuple(args, "O!nni:ForkCore", &SharedType, &sh, &sleepers_off, &deque_off, &max_depth))
         return -1;
+    /* M_spawn reads these words without further checks: check them here,
+     * once (a Shared's buffer never changes after its __init__). */
+    if (!span((Shared *)sh, sleepers_off, 4) || !span((Shared *)sh, deque_off, DQ_RING))
+        return -1;
+    if (sleepers_off % 4 || deque_off % 64) {
+        PyErr_SetString(PyExc_ValueError, "ForkCore: misaligned sleeper count or deque offset");
+        return -1;
+    }
+    f->sleepers_off = sleepers_off;
+    f->deque_off = deque_off;
+    f->max_depth = max_depth;
     Py_XSETREF(f->shared, (Shared *)Py_NewRef(sh));
     Py_XSETREF(f->private, PyList_New(0));
     Py_XSETREF(f->fids, PyDict_New());

@@ -9,7 +9,8 @@
  *
  * Memory ordering of a wake-up (parking.py has the sleeper's side).  A
  * sleeper announces itself (SeqCst store of SLEEPY to its word, then SeqCst
- * increment of the sleeper count) and re-checks for work before it sleeps;
+ * increment of the sleeper count, then a SeqCst fence) and re-checks for work
+ * before it sleeps;
  * a waker publishes work, then issues a SeqCst fence before it reads the
  * sleeper count (notify_one, below: Shared.notify and the C fast paths).  Either the
  * sleeper sees the work or the waker sees it counted ("no lost wake-up").
@@ -85,7 +86,8 @@ notify_one(char *base, ptrdiff_t sleepers, ptrdiff_t states, ptrdiff_t stride, p
 {
     /* SeqCst fence: orders the publication of the work (before this call)
      * before the load of the sleeper count, against the sleeper's SeqCst
-     * increment before it re-checks for work.  Either it sees our work or
+     * fence between its increment and its re-check for work (fence-fence:
+     * an SC RMW alone would not do, docs/protocols.md).  Either it sees our work or
      * we see it counted (docs/protocols.md, "no lost wake-up"). */
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit((a32 *)(base + sleepers), memory_order_relaxed) == 0)

@@ -134,6 +134,17 @@ PyInit__core(void)
     if (PyType_Ready(&SharedType) < 0 || PyType_Ready(&HandleType) < 0 || PyType_Ready(&ForkCoreType) < 0
         || PyType_Ready(&LeaseType) < 0)
         return NULL;
+    if (!CorruptRegion) {
+        /* penny.errors is ground like us and imports nothing of Penny's, so
+         * this import cannot cycle back here. */
+        PyObject *errors = PyImport_ImportModule("penny.errors");
+        if (!errors)
+            return NULL;
+        CorruptRegion = PyObject_GetAttrString(errors, "CorruptRegionError");
+        Py_DECREF(errors);
+        if (!CorruptRegion)
+            return NULL;
+    }
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
         return NULL;
@@ -168,6 +179,10 @@ PyInit__core(void)
     PyModule_AddIntConstant(m, "DEQUE_TOP", DQ_TOP);
     PyModule_AddIntConstant(m, "DEQUE_BOTTOM", DQ_BOTTOM);
     PyModule_AddIntConstant(m, "QUEUE_HEADER", Q_SLOTS);
+    if (PyModule_AddObjectRef(m, "CorruptRegionError", CorruptRegion) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (add_layout(m) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -41,9 +41,18 @@ mq_init(char *b, uint64_t cap)
     atomic_store_explicit((a64 *)(b + Q_ENQ), 0, memory_order_release);
 }
 
-/* Returns 1 if pushed, 0 if full. */
+/* Result of mq_push_checked / mq_pop_checked on a ring whose words are
+ * impossible (see below). */
+#define MQ_CORRUPT (-2)
+
+/* Returns 1 if pushed, 0 if full, MQ_CORRUPT if the ring's words are
+ * impossible.  A slot whose seq is ahead of the position we read means
+ * another producer claimed that position; its CAS on enq came before its
+ * release store of seq, which our acquire load saw, so our reload of enq
+ * must see a later position.  If it does not, the words were scribbled on:
+ * we stop instead of spinning forever. */
 static inline int
-mq_push(char *b, uint64_t mask, uint64_t x)
+mq_push_checked(char *b, uint64_t mask, uint64_t x)
 {
     a64 *enq = (a64 *)(b + Q_ENQ);
     a64 *slots = (a64 *)(b + Q_SLOTS);
@@ -68,17 +77,33 @@ mq_push(char *b, uint64_t mask, uint64_t x)
         } else if (dif < 0) {
             return 0;
         } else {
-            pos = atomic_load_explicit(enq, memory_order_relaxed);
+            /* Relaxed: coherence after the acquire of seq (above) is enough. */
+            uint64_t again = atomic_load_explicit(enq, memory_order_relaxed);
+            if (again == pos)
+                return MQ_CORRUPT;
+            pos = again;
         }
     }
 }
 
-/* Returns the value, or R_EMPTY. */
+/* Returns 1 if pushed, 0 if full or corrupt (the fast paths of tasks.c then
+ * raise "queue full (broken invariant)"). */
+static inline int
+mq_push(char *b, uint64_t mask, uint64_t x)
+{
+    return mq_push_checked(b, mask, x) == 1;
+}
+
+/* Returns the value, R_EMPTY, or MQ_CORRUPT if the ring's words are
+ * impossible (the consumer's side of mq_push_checked's argument: a seq ahead
+ * of pos + 1 means a consumer advanced deq first).  The value itself is the
+ * caller's to check. */
 static inline int64_t
-mq_pop(char *b, uint64_t mask)
+mq_pop_checked(char *b, uint64_t mask)
 {
     a64 *deq = (a64 *)(b + Q_DEQ);
     a64 *slots = (a64 *)(b + Q_SLOTS);
+    /* Relaxed: a guess, validated by the slot's seq. */
     uint64_t pos = atomic_load_explicit(deq, memory_order_relaxed);
     for (;;) {
         a64 *slot = &slots[2 * (pos & mask)];
@@ -86,6 +111,8 @@ mq_pop(char *b, uint64_t mask)
         uint64_t seq = atomic_load_explicit(slot, memory_order_acquire);
         int64_t dif = (int64_t)(seq - (pos + 1));
         if (dif == 0) {
+            /* Relaxed CAS: it only claims the position (the acquire on seq
+             * above made the value visible). */
             if (atomic_compare_exchange_weak_explicit(deq, &pos, pos + 1, memory_order_relaxed,
                                                       memory_order_relaxed)) {
                 uint64_t x = atomic_load_explicit(slot + 1, memory_order_relaxed);
@@ -96,9 +123,21 @@ mq_pop(char *b, uint64_t mask)
         } else if (dif < 0) {
             return R_EMPTY;
         } else {
-            pos = atomic_load_explicit(deq, memory_order_relaxed);
+            /* Relaxed: coherence after the acquire of seq is enough. */
+            uint64_t again = atomic_load_explicit(deq, memory_order_relaxed);
+            if (again == pos)
+                return MQ_CORRUPT;
+            pos = again;
         }
     }
+}
+
+/* Returns the value, or R_EMPTY (also for a corrupt ring: it never spins). */
+static inline int64_t
+mq_pop(char *b, uint64_t mask)
+{
+    int64_t x = mq_pop_checked(b, mask);
+    return x == MQ_CORRUPT ? R_EMPTY : x;
 }
 
 #endif /* PENNY_MPMC_RING_H */

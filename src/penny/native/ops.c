@@ -177,12 +177,21 @@ S_futex_wait(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         double t = PyFloat_AsDouble(args[2]);
         if (t == -1.0 && PyErr_Occurred())
             return NULL;
+        /* (time_t) of NaN, inf or anything past time_t's range is UB:
+         * NaN is an error, and a wait of a year or more is a wait forever. */
+        if (t != t)
+            return PyErr_Format(PyExc_ValueError, "futex_wait timeout is NaN");
         if (t < 0)
             t = 0;
+        if (t >= 365.0 * 24 * 3600) {
+            tsp = NULL;
+            goto wait;
+        }
         ts.tv_sec = (time_t)t;
         ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
         tsp = &ts;
     }
+wait:;
     long r;
     int err;
     Py_BEGIN_ALLOW_THREADS
@@ -214,6 +223,8 @@ S_futex_wake(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     long n = INT32_MAX;
     if (nargs > 1 && (n = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred())
         return NULL;
+    if (n < 0 || n > INT32_MAX)
+        n = INT32_MAX;  /* "all" (a cast of anything wider to int is not portable) */
     return PyLong_FromLong(futex_wake_n(p, (int)n));
 }
 
@@ -227,7 +238,7 @@ S_deque_init(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    if (cap < 2 || (cap & (cap - 1)))
+    if (cap < 2 || (cap & (cap - 1)) || cap > (PY_SSIZE_T_MAX - DQ_RING) / 8)
         return PyErr_Format(PyExc_ValueError, "deque capacity must be a power of two >= 2");
     if (off % 64)
         return PyErr_Format(PyExc_ValueError, "deque offset must be 64-byte aligned");
@@ -253,9 +264,11 @@ deque_at(Shared *s, PyObject *offobj, uint64_t *mask)
         PyErr_Format(PyExc_ValueError, "deque offset must be 64-byte aligned");
         return NULL;
     }
-    /* Relaxed: the mask is written once before the region is published. */
+    /* Relaxed: the mask is written once before the region is published.
+     * Untrusted: checked against the bytes after the header (no product of
+     * it is formed, so no overflow can skip the check). */
     *mask = atomic_load_explicit((a64 *)(b + DQ_MASK), memory_order_relaxed);
-    if (!span(s, off, DQ_RING + 8 * (Py_ssize_t)(*mask + 1)))
+    if (checked_mask(*mask, s->len - off - DQ_RING, 8, "deque", off) < 0)
         return NULL;
     return b;
 }
@@ -343,7 +356,7 @@ S_queue_init(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    if (cap < 2 || (cap & (cap - 1)))
+    if (cap < 2 || (cap & (cap - 1)) || cap > (PY_SSIZE_T_MAX - Q_SLOTS) / 16)
         return PyErr_Format(PyExc_ValueError, "queue capacity must be a power of two >= 2");
     if (off % 64)
         return PyErr_Format(PyExc_ValueError, "queue offset must be 64-byte aligned");
@@ -369,8 +382,9 @@ queue_at(Shared *s, PyObject *offobj, uint64_t *mask)
         PyErr_Format(PyExc_ValueError, "queue offset must be 64-byte aligned");
         return NULL;
     }
+    /* Relaxed: written once at init.  Untrusted: checked as in deque_at. */
     *mask = atomic_load_explicit((a64 *)(b + Q_MASK), memory_order_relaxed);
-    if (!span(s, off, Q_SLOTS + 16 * (Py_ssize_t)(*mask + 1)))
+    if (checked_mask(*mask, s->len - off - Q_SLOTS, 16, "queue", off) < 0)
         return NULL;
     return b;
 }
@@ -385,7 +399,23 @@ S_queue_push(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((int64_t)x <= 0)
         return PyErr_Format(PyExc_ValueError, "queue items must be positive 63-bit ints");
-    return PyBool_FromLong(mq_push(b, mask, x));
+    int r = mq_push_checked(b, mask, x);
+    if (r == MQ_CORRUPT)
+        return corrupt("penny: corrupt queue at offset %zd (its positions and slots disagree)",
+                       (Py_ssize_t)(b - s->base));
+    return PyBool_FromLong(r);
+}
+
+/* A value popped from a ring: MQ_CORRUPT or a non-positive item (pushes
+ * accept only positive ones) means the ring was scribbled on. */
+static int
+checked_item(Shared *s, char *b, int64_t x)
+{
+    if (x == MQ_CORRUPT || x < 0) {
+        corrupt("penny: corrupt queue at offset %zd (popped %lld)", (Py_ssize_t)(b - s->base), (long long)x);
+        return -1;
+    }
+    return 0;
 }
 
 static PyObject *
@@ -396,7 +426,10 @@ S_queue_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *b = queue_at(s, args[0], &mask);
     if (!b)
         return NULL;
-    return PyLong_FromLongLong(mq_pop(b, mask));
+    int64_t x = mq_pop_checked(b, mask);
+    if (checked_item(s, b, x) < 0)
+        return NULL;
+    return PyLong_FromLongLong(x);
 }
 
 /* queue_pop_many(off, max) -> list of values (possibly empty). */
@@ -415,9 +448,13 @@ S_queue_pop_many(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (!out)
         return NULL;
     for (Py_ssize_t i = 0; i < max; i++) {
-        int64_t x = mq_pop(b, mask);
+        int64_t x = mq_pop_checked(b, mask);
         if (x == R_EMPTY)
             break;
+        if (checked_item(s, b, x) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
         PyObject *v = PyLong_FromLongLong(x);
         if (!v || PyList_Append(out, v) < 0) {
             /* The popped values would be lost: this only happens on
@@ -468,6 +505,10 @@ stack_args(Shared *s, PyObject *const *args, Stack *st)
         PyErr_SetString(PyExc_ValueError, "bad stack geometry");
         return -1;
     }
+    if (st->count > PY_SSIZE_T_MAX / st->stride) {
+        PyErr_SetString(PyExc_ValueError, "bad stack geometry (stride * count overflows)");
+        return -1;
+    }
     if (!(st->head = (a64 *)span(s, head, 8)))
         return -1;
     if (!(st->base = span(s, base, st->stride * st->count)))
@@ -502,8 +543,9 @@ S_stack_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     ptrdiff_t idx = tagged_pop(st.head, st.base, st.stride, st.link, st.count);
     if (idx == TS_CORRUPT)
-        return PyErr_Format(PyExc_RuntimeError, "corrupt free list head %llu",
-                            (unsigned long long)atomic_load_explicit(st.head, memory_order_relaxed));
+        /* Relaxed: only for the message. */
+        return corrupt("penny: corrupt free list head %llu (names no node of %zd)",
+                       (unsigned long long)atomic_load_explicit(st.head, memory_order_relaxed), st.count);
     return PyLong_FromSsize_t(idx);  /* an index, or TS_EMPTY (-1) */
 }
 
@@ -524,8 +566,16 @@ S_notify(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t start = PyLong_AsSsize_t(args[4]);
     if (PyErr_Occurred())
         return NULL;
-    if (count <= 0 || stride % 4 || !span(s, states, stride * (count - 1) + 4) || states % 4)
+    if (count <= 0 || stride <= 0 || stride % 4 || states % 4 || count - 1 > (PY_SSIZE_T_MAX - 4) / stride)
         return PyErr_Format(PyExc_ValueError, "bad sleeper table geometry");
+    if (!span(s, states, stride * (count - 1) + 4)) {
+        PyErr_Clear();
+        return PyErr_Format(PyExc_ValueError, "bad sleeper table geometry (outside the buffer)");
+    }
+    /* notify_one computes (start + i) % count: keep start in [0, count). */
+    start %= count;
+    if (start < 0)
+        start += count;
     return PyLong_FromSsize_t(notify_one(s->base, (char *)sleepers - s->base, states, stride, count, start));
 }
 

@@ -25,6 +25,7 @@ typedef struct {
     Py_ssize_t len;
     int has_view;        /* operations allowed (cleared by release()) */
     int keep_view;       /* released, but leases still point into the view */
+    int inited;          /* __init__ ran once (it may not run again) */
     Py_ssize_t leases;   /* live Lease objects on this buffer (GIL-protected) */
     TaskGeometry g;
 } Shared;
@@ -32,6 +33,43 @@ typedef struct {
 /* Defined in module.c, with its method table; forkjoin.c and lease.c check
  * arguments against it. */
 static PyTypeObject SharedType;
+
+/* penny.errors.CorruptRegionError, looked up once by PyInit__core (errors.py
+ * is ground like _core and imports nothing of Penny's). */
+static PyObject *CorruptRegion = NULL;
+
+/* Raise CorruptRegionError: a word read from the region is impossible (a
+ * ref, index, count, capacity or offset outside the geometry compiled in or
+ * told to set_tasks).  Every such word is untrusted input: it is checked
+ * before it is used to address memory, and this is what a check raises. */
+static PyObject *
+corrupt(const char *fmt, ...)
+{
+    va_list vargs;
+    va_start(vargs, fmt);
+    PyErr_FormatV(CorruptRegion ? CorruptRegion : PyExc_RuntimeError, fmt, vargs);
+    va_end(vargs);
+    return NULL;
+}
+
+/* The capacity a ring or deque header at `b` claims: its mask + 1, checked
+ * against the `room` bytes of slots after the header (`slot` bytes each) and
+ * for being a power of two >= 2.  No arithmetic on the untrusted mask can
+ * overflow: it is compared, never multiplied.  Returns 0, or -1 with
+ * CorruptRegionError (the mask is written once at init: any other value is
+ * another process scribbling). */
+static int
+checked_mask(uint64_t mask, Py_ssize_t room, Py_ssize_t slot, const char *what, Py_ssize_t off)
+{
+    /* mask + 1 slots of `slot` bytes fit iff mask < room / slot. */
+    if (room < 0 || mask >= (uint64_t)(room / slot) || mask == 0 || (mask & (mask + 1))) {
+        corrupt("penny: corrupt %s at offset %zd: mask %llu is not a power of two minus one "
+                "that fits the region (%zd bytes after the header)",
+                what, off, (unsigned long long)mask, room);
+        return -1;
+    }
+    return 0;
+}
 
 /* ------------------------------------------------------------------ */
 /* helpers                                                             */
@@ -145,9 +183,13 @@ Shared_init(Shared *self, PyObject *args, PyObject *kw)
     PyObject *obj;
     if (!PyArg_ParseTuple(args, "O:Shared", &obj))
         return -1;
-    if (self->has_view) {
-        PyBuffer_Release(&self->view);
-        self->has_view = 0;
+    /* Once only: a second __init__ would release the buffer that live Leases
+     * (memoryviews, numpy arrays) point into, and swap the region under the
+     * task geometry set_tasks checked against it.  Not after release() either:
+     * the geometry was checked against the old buffer. */
+    if (self->inited) {
+        PyErr_SetString(PyExc_RuntimeError, "penny: Shared.__init__ called on an initialised Shared");
+        return -1;
     }
     if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return -1;
@@ -159,6 +201,7 @@ Shared_init(Shared *self, PyObject *args, PyObject *kw)
     self->base = self->view.buf;
     self->len = self->view.len;
     self->has_view = 1;
+    self->inited = 1;
     return 0;
 }
 

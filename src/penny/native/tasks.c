@@ -37,16 +37,37 @@ S_set_tasks(Shared *s, PyObject *args, PyObject *kw)
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         if (*fields[i] == PY_SSIZE_T_MIN)
             return PyErr_Format(PyExc_TypeError, "set_tasks() missing keyword argument '%s'", kwlist[i]);
-    if (!span(s, g.tasks, g.capacity * RECORD_SIZE) || !span(s, H_TASK_FREE, 8) ||
-        !span(s, g.states, g.slice_size * (g.nstates - 1) + 4) || !span(s, H_COLLECTOR, 4) ||
-        !span(s, H_SLEEPERS, 4) || !span(s, H_COLLECTOR_SLEEPERS, 4) ||
-        !span(s, g.injector, Q_SLOTS + 16 * g.capacity) || !span(s, g.completions, Q_SLOTS + 16 * g.capacity) ||
-        !span(s, g.inbox0 + (g.nstates - 1) * g.slice_size, Q_SLOTS + 16 * g.capacity))
-        return NULL;
-    /* The record fields' alignment is checked at compile time (layout.h). */
-    if (g.inbox0 % 64 || g.slice_size % 64 || g.nstates < 1) {
+    /* Every product below is formed only after its factors are known to be
+     * small enough not to overflow (signed overflow would be UB and could
+     * skip the span checks). */
+    if (g.capacity < 2 || (g.capacity & (g.capacity - 1)) || g.capacity >= ((Py_ssize_t)1 << 31) ||
+        g.nstates < 1 || g.nstates > 0xffff || g.slice_size < 0 || g.slice_size % 64 ||
+        (g.nstates > 1 && g.slice_size == 0) || g.slice_size > PY_SSIZE_T_MAX / 0x10000 ||
+        g.tasks % 64 || g.injector % 64 || g.completions % 64 || g.inbox0 % 64 || g.states % 4 ||
+        g.inbox0 < 0 || g.states < 0) {
         PyErr_SetString(PyExc_ValueError, "bad task geometry");
         return NULL;
+    }
+    /* capacity < 2**31 and slice_size * 0xffff fit in Py_ssize_t (64-bit). */
+    Py_ssize_t ring_bytes = Q_SLOTS + 16 * g.capacity, last = (g.nstates - 1) * g.slice_size;
+    if (!span(s, g.tasks, g.capacity * RECORD_SIZE) || !span(s, H_TASK_FREE, 8) ||
+        !span(s, g.states, last + 4) || !span(s, H_COLLECTOR, 4) ||
+        !span(s, H_SLEEPERS, 4) || !span(s, H_COLLECTOR_SLEEPERS, 4) ||
+        !span(s, g.injector, ring_bytes) || !span(s, g.completions, ring_bytes) ||
+        !span(s, g.inbox0, last + ring_bytes))
+        return NULL;
+    /* The fast paths address the rings with mask capacity - 1 (not the mask
+     * in the ring's header, which the generic queue_* operations use): the
+     * two must agree, or a ring has two geometries.  Relaxed: written once at
+     * init (region.py), before the region is shared.  0: not initialised yet
+     * (the creating process binds before it initialises the rings). */
+    uint64_t want = (uint64_t)g.capacity - 1;
+    for (Py_ssize_t i = -2; i < g.nstates; i++) {
+        Py_ssize_t ring = i == -2 ? g.injector : i == -1 ? g.completions : g.inbox0 + i * g.slice_size;
+        uint64_t mask = atomic_load_explicit((a64 *)(s->base + ring + Q_MASK), memory_order_relaxed);
+        if (mask != 0 && mask != want)
+            return corrupt("penny: corrupt ring at offset %zd: mask %llu, but the task capacity is %zd",
+                           ring, (unsigned long long)mask, g.capacity);
     }
     g.ready = 1;
     s->g = g;

@@ -146,9 +146,7 @@ class ForkJoin(_core.ForkCore):
             return False
         if ref == 0:
             return False
-        h.state = _PUBLISHED
-        h.ref = ref
-        h.fn = h.args = h.kwargs = None
+        h._publish(ref)  # private -> published; drops fn/args/kwargs (Handle fields are read-only)
         if w.tracing:
             w.trace.emit(PUBLISH, fid, ref)
         pub = self.published.get(h.parent)
@@ -177,7 +175,7 @@ class ForkJoin(_core.ForkCore):
 
     @staticmethod
     def _outcome(h):
-        h.observed = True
+        h._observe(True)
         if h.failed:
             raise h.value
         return h.value
@@ -236,15 +234,14 @@ class ForkJoin(_core.ForkCore):
         flags = tasks.flags(rec)
         try:
             if st == S_DONE:
-                h.value = marshal.decode_result(tasks, w.arena, rec, flags)
+                value, failed = marshal.decode_result(tasks, w.arena, rec, flags), False
             else:
-                h.value = marshal.decode_exception(tasks, w.arena, rec)
-                h.failed = True
+                value, failed = marshal.decode_exception(tasks, w.arena, rec), True
         except BaseException as e:  # noqa: BLE001 - an outcome that cannot be unpickled here
-            h.value, h.failed = e, True
+            value, failed = e, True
         finally:
             tasks.free(h.ref)
-        h.state = _DONE
+        h._settle(value, failed)  # published -> done
         pub = self.published.get(h.parent)
         if pub is not None:
             pub.discard(h)
@@ -265,7 +262,7 @@ class ForkJoin(_core.ForkCore):
             try:
                 self.run_handle(h)
             except BaseException as e:  # noqa: BLE001 - reported below
-                h.observed = False
+                h._observe(False)
                 if first is None:
                     first = e
         if ref in self.published:

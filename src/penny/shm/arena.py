@@ -127,11 +127,29 @@ class Arena:
 
     def incref(self, data_offset: int) -> None:
         """One more reference to an allocated block (the caller holds one already)."""
+        s = self.s
+        hdr = self._header(data_offset)
+        if s.load32(hdr + B_MAGIC, _R) != BLOCK_MAGIC:
+            # Freed (the magic is cleared before the block is pushed on a free
+            # list): the count word is a free-list link now (B_LINK == B_REFS),
+            # and adding to it would corrupt the list.  Refuse before touching it.
+            raise RuntimeError(f"penny: reference to a freed arena block at {data_offset}")
         # Relaxed: the caller's own reference keeps the block alive meanwhile,
         # so there is nothing to order (as for shared_ptr copies).
-        old = self.s.fetch_add64(data_offset - BLOCK_HEADER + B_REFS, 1, _R)
+        old = s.fetch_add64(hdr + B_REFS, 1, _R)
         if old == 0 or old >= 1 << 62:
+            s.fetch_add64(hdr + B_REFS, _MINUS_ONE, _R)  # undo: leave the evidence intact
             raise RuntimeError(f"penny: reference to a freed arena block at {data_offset}")
+
+    def _header(self, data_offset: int) -> int:
+        """The header of the block whose data is at `data_offset`; ValueError if none can be there."""
+        hdr = data_offset - BLOCK_HEADER
+        if not (self.base <= hdr < self.base + self.size and (hdr - self.base) % LINE == 0) and not (
+            self.large <= data_offset - X_HEADER < self.large + self.large_size
+            and (data_offset - X_HEADER - self.large) % PAGE == 0
+        ):
+            raise ValueError(f"penny: offset {data_offset} is not an arena block")
+        return hdr
 
     def release(self, data_offset: int) -> None:
         """Drop one reference; the last one frees the block.  Safe from garbage
@@ -139,12 +157,7 @@ class Arena:
         s = self.s
         if s.nbytes == 0:
             return  # the region is closed here: it goes away as a whole
-        hdr = data_offset - BLOCK_HEADER
-        if not (self.base <= hdr < self.base + self.size and (hdr - self.base) % LINE == 0) and not (
-            self.large <= data_offset - X_HEADER < self.large + self.large_size
-            and (data_offset - X_HEADER - self.large) % PAGE == 0
-        ):
-            raise ValueError(f"penny: offset {data_offset} is not an arena block")
+        hdr = self._header(data_offset)
         if s.load32(hdr + B_MAGIC, _R) != BLOCK_MAGIC:
             # Freed already (the magic is cleared before the block is reused):
             # refuse before touching the count, which is a free-list link now.

@@ -5,6 +5,7 @@ The protocol (docs/protocols.md has the proof sketch):
 Sleeper (a worker with nothing to do, or the main process's collector):
   1. state := SLEEPY                          (SeqCst store)
   2. sleepers += 1                            (SeqCst RMW)
+  2'. SeqCst fence                            (pairs with the publisher's)
   3. look for work once more; if found, undo and go back to work
   4. CAS state SLEEPY -> SLEEPING             (fails if a publisher notified us)
   5. futex_wait(state, SLEEPING, timeout)     (returns at once if state moved)
@@ -15,15 +16,21 @@ Publisher (after making work visible with a release operation):
   b. for each parking word: CAS SLEEPY/SLEEPING -> NOTIFIED; on success,
      futex_wake it if it was SLEEPING, and stop (wake one).
 
-No lost wake-up: by the two SeqCst operations (2 and a), either the
+No lost wake-up: by the two SeqCst fences (2' and a), either the
 sleeper's re-check (3) sees the work, or the publisher's load (a) sees the
 sleeper counted; then the sleeper is SLEEPY or SLEEPING when the publisher
-scans, its CAS succeeds, and step 4 fails or step 5 returns.
+scans, its CAS succeeds, and step 4 fails or step 5 returns.  The fence 2'
+is what makes this hold beyond x86: a SeqCst RMW followed by acquire loads
+is the store-buffering shape, which C11 (and AArch64, POWER) let go wrong.
 """
 
 from __future__ import annotations
 
 from .. import _core
+
+#: The sleeper's SeqCst fence (2'); a module global so a test can see it issued.
+_fence = _core.fence
+_SEQ_CST = _core.SEQ_CST
 
 AWAKE = _core.AWAKE
 SLEEPY = _core.SLEEPY
@@ -47,8 +54,11 @@ class Parker:
         first.  Returns True if a publisher notified us."""
         s = self.s
         s.store32(self.state, SLEEPY, _core.SEQ_CST)           # 1: SeqCst, see module doc
-        s.fetch_add32(self.sleepers, 1, _core.SEQ_CST)         # 2: pairs with the publisher's fence
+        s.fetch_add32(self.sleepers, 1, _core.SEQ_CST)         # 2
         try:
+            # 2': SeqCst fence between the increment and the re-check's
+            # acquire loads; pairs with the publisher's fence (notify_one).
+            _fence(_SEQ_CST)
             if not has_work():                                  # 3
                 ok, _ = s.cas32(self.state, SLEEPY, SLEEPING, _core.ACQ_REL)  # 4
                 if ok:
