@@ -23,7 +23,6 @@ import pytest
 
 import penny
 from penny import (
-    NotImportableError,
     PennyError,
     SchedulerClosedError,
     UnknownFunctionError,

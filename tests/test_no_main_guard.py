@@ -6,7 +6,6 @@ started: ``python script.py``, ``python -c``, ``python - < script.py`` and
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-import penny
 from tests import helpers as h
 from tests import proc_tasks as pt
 

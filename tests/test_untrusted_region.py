@@ -11,7 +11,6 @@ pytest.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import mmap
 import subprocess
 import sys
