@@ -58,7 +58,7 @@ def qualified_name(fn) -> str:
 def resolve(name: str):
     """Import ``module:qualname`` (in a worker)."""
     module, _, qualname = name.partition(":")
-    if module == "__main__":
+    if module in ("__main__", "__mp_main__"):  # a task of a worker that imported the script spawns it
         mod = _context.main_module()
     else:
         mod = importlib.import_module(module)
