@@ -309,6 +309,19 @@ class Launcher:
 
 _launcher: Launcher | None = None
 _launcher_lock = threading.Lock()
+_supported: bool | None = None
+
+
+def supported() -> bool:
+    """Whether this system has what the launcher needs (pidfds: Linux >= 5.3)."""
+    global _supported
+    if _supported is None:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            _supported = hasattr(signal, "pidfd_send_signal") and hasattr(socket, "send_fds")
+        except (AttributeError, OSError):
+            _supported = False
+    return _supported
 
 
 def get() -> Launcher:
