@@ -11,6 +11,8 @@ must not make the lower layers import the upper ones:
   in the main process;
 * `task_context`: per thread, the scheduler of a task that another backend
   runs (backends/ray): what spawn and sync submit children to there;
+* `main_path`, `main_module()`: in a worker of Penny's launcher, the main
+  script, imported only when a task needs one of its functions;
 * `outside_spawned()`: per thread, the futures of `penny.spawn` calls made
   outside any task, for the `penny.sync()` that waits for them.
 
