@@ -273,7 +273,7 @@ def test_a_worker_whose_task_closed_descriptors_still_dies_with_the_main_process
 # ---------------------------------------------------------------------------
 # item 12: os.fork() inside a task
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["forkserver", "fork"])
+@pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
 def test_a_fork_inside_a_task_does_not_run_a_second_worker(make_sched, method):
     s = make_sched(1, start_method=method)
     worker = h.worker_pids(s)[0]
