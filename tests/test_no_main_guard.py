@@ -92,8 +92,16 @@ import penny
 def double(x):
     return 2 * x
 
+def tree(n):  # its children name it __mp_main__.tree: other workers must find it too
+    if n == 0:
+        return 1
+    a = penny.spawn(tree, n - 1)
+    b = tree(n - 1)
+    return penny.sync(a) + b
+
 if __name__ == "__main__":
     with penny.Scheduler(2) as s:
+        print("TREE", s.run(tree, 11))  # one root: a worker that steals a child never ran the script
         print("RESULT", s.submit(double, 21).result(120))
 """
 
@@ -106,4 +114,5 @@ def test_a_function_of_a_guarded_script_still_runs_under_the_default(tmp_path):
     r = _run([sys.executable, str(path)], tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RESULT 42" in r.stdout
+    assert "TREE 2048" in r.stdout, (r.stdout, r.stderr[-3000:])
     assert "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -272,7 +272,7 @@ def test_a_worker_whose_task_closed_descriptors_still_dies_with_the_main_process
 # ---------------------------------------------------------------------------
 # item 12: os.fork() inside a task
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["forkserver", "fork"])
+@pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
 def test_a_fork_inside_a_task_does_not_run_a_second_worker(make_sched, method):
     s = make_sched(1, start_method=method)
     worker = h.worker_pids(s)[0]
@@ -284,3 +284,13 @@ def test_a_fork_inside_a_task_does_not_run_a_second_worker(make_sched, method):
     assert value == 6 and code == 1
     assert [s.run(h.add, i, 0) for i in range(30)] == list(range(30))
     assert s._supervisor.crashes == 0 and h.worker_pids(s) == [worker]
+
+
+def test_without_pidfds_the_default_falls_back_to_multiprocessing_forkserver(make_sched, monkeypatch):
+    from penny.runtime import launcher
+
+    monkeypatch.setattr(launcher, "_supported", False)
+    s = make_sched(2)
+    assert s._supervisor._launcher is None
+    assert [s.run(h.add, i, 1) for i in range(5)] == [1, 2, 3, 4, 5]
+    assert s._supervisor.crashes == 0

@@ -72,7 +72,10 @@ class Scheduler(Frontend):
     ``Scheduler(workers=None, functions=None, start_method=None)``: `workers`
     defaults to ``os.cpu_count()``; `functions` is the static table
     ``{id: function}`` for `new_task`; `start_method` is ``"forkserver"``
-    (default on Linux), ``"spawn"`` or ``"fork"``.  The remaining keywords size
+    (default on Linux: workers fork from Penny's own launcher, which never
+    runs the main module again, so no main guard is needed),
+    ``"spawn"`` (multiprocessing's: re-imports a main module that has a
+    path) or ``"fork"`` (a copy of the parent).  The remaining keywords size
     the shared region (see config.py).
 
     ``Scheduler(..., backend="ray", address=None, **ray_init_kwargs)`` returns

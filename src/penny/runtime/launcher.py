@@ -174,8 +174,10 @@ class Launcher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             code = ("import penny.runtime.launcher as l; l.serve(%d, %d)" % (theirs.fileno(), os.getpid()))
+            # The interpreter's flags (-X dev, -W ..., -O) as multiprocessing passes them.
+            flags = subprocess._args_from_interpreter_flags()
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", code], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                [sys.executable, *flags, "-c", code], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                 close_fds=True,
             )
         except BaseException:
@@ -208,6 +210,8 @@ class Launcher:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
+        if self._sock is not None:
+            self._sock.close()
         self._sock = None
 
     def _send(self, msg, fds) -> None:
@@ -301,6 +305,19 @@ class Launcher:
 
 _launcher: Launcher | None = None
 _launcher_lock = threading.Lock()
+_supported: bool | None = None
+
+
+def supported() -> bool:
+    """Whether this system has what the launcher needs (pidfds: Linux >= 5.3)."""
+    global _supported
+    if _supported is None:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            _supported = hasattr(signal, "pidfd_send_signal") and hasattr(socket, "send_fds")
+        except (AttributeError, OSError):
+            _supported = False
+    return _supported
 
 
 def get() -> Launcher:

@@ -95,7 +95,7 @@ class Supervisor:
 
     # ---- starting ---------------------------------------------------------------
     def start_workers(self) -> None:
-        if self.sched._method == "forkserver":
+        if self.sched._method == "forkserver" and launcher.supported():
             self._launcher = launcher.get()
             self._launcher.acquire()
         for w in range(len(self.procs)):
@@ -105,17 +105,20 @@ class Supervisor:
     def _start(self, w: int) -> None:
         sched = self.sched
         seed = None if self.seed is None else self.seed * 1_000_003 + w
-        if sched._method == "forkserver":
+        if self._launcher is not None:
             # Penny's own fork server (launcher.py): it never imports the
             # user's __main__, and its death is not the workers' death.
             payload = pickle.dumps((sched._layout, w, self.static, sched._method, seed))
             p = self._launcher.start(payload, sched._region.fd, f"penny-worker-{w}")
         else:
+            if sched._method == "forkserver":  # no pidfds (Linux < 5.3): multiprocessing's
+                self.ctx.set_forkserver_preload(["penny.runtime.worker"])
             # Arm PR_SET_PDEATHSIG only if the thread starting the worker
             # lives as long as it should: the kernel sends it when the
             # *thread* that made the child exits (the main thread, or ours).
             me = threading.current_thread()
-            pdeath = me is threading.main_thread() or me is self._thread
+            # (Not under multiprocessing's forkserver: it, not we, is the parent.)
+            pdeath = sched._method != "forkserver" and (me is threading.main_thread() or me is self._thread)
             p = self.ctx.Process(
                 target=worker.main,
                 args=(sched._region.handle(), w, self.static, sched._method, seed),

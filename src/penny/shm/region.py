@@ -5,10 +5,11 @@ Why a memfd and not ``multiprocessing.shared_memory``: a memfd has no name in
 it dies (SIGKILL included), there is no resource tracker to warn or to unlink
 it under its creator, and no other user can open it (it is reachable only
 through ``/proc/<pid>/fd`` of a process of the same user).  Workers receive
-the file descriptor itself: inherited under ``fork``, passed over the
-multiprocessing start channel (``SCM_RIGHTS`` or ``pass_fds``) under
-``forkserver`` and ``spawn``, as ``multiprocessing.heap.Arena`` does.
-"""
+the file descriptor itself: inherited under ``fork``, passed with
+``SCM_RIGHTS`` over the launcher's socket under the default start method
+(runtime/launcher.py), over multiprocessing's start channel (``pass_fds``)
+under ``spawn``, as ``multiprocessing.heap.Arena`` does.  Every copy a worker
+keeps is close-on-exec (`RegionHandle.attach`)."""
 
 from __future__ import annotations
 
@@ -155,8 +156,9 @@ class RegionHandle:
     """A file descriptor and a layout; pickles the descriptor itself for a child.
 
     Under ``fork`` the handle is inherited as is and `attach` duplicates the
-    inherited descriptor; under ``spawn``/``forkserver`` pickling hands the
-    descriptor to the child through multiprocessing's start channel.
+    inherited descriptor; under ``spawn`` pickling hands the descriptor to the
+    child through multiprocessing's start channel; Penny's launcher builds the
+    handle in the child from the descriptor it received (``owned``).
     """
 
     def __init__(self, fd: int, layout: Layout, owned: bool = False):
