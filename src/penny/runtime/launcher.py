@@ -144,6 +144,9 @@ class Launcher:
             if self._closing or self._users <= 0 or self._sock is not sock:
                 return
             try:
+                # Its socket closes before the process is a zombie: wait for it
+                # (so that _ensure does not take it for alive), then start another.
+                self._drop_server()
                 self._ensure()
             except Exception:  # noqa: BLE001 - the next start tries again
                 pass
