@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import queue
 import threading
 import weakref
 
@@ -145,6 +146,8 @@ def _make_class():
             self._sched = None
             self._owned = None          # [Scheduler] this backend started, shared with its finalizer
             self._futures = set()       # outside tasks: futures not done yet
+            self._waiting = {}          # outside tasks, list results: future -> joblib's callback
+            self._done = queue.SimpleQueue()  # those futures, as they finish
             self._children = collections.deque()  # inside a task: (child, callback) not synced yet
             self._lock = threading.Lock()
             self._parallel_ref = None
@@ -227,7 +230,17 @@ def _make_class():
             with self._lock:
                 self._futures.add(fut)
             fut.add_done_callback(self._forget)
-            if callback is not None:
+            if callback is None:
+                return fut
+            parallel = self.parallel
+            if parallel is not None and not parallel.return_generator:
+                # A list result: retrieval_context calls the callbacks in this
+                # thread as the futures finish (no polling: joblib's own loop
+                # sleeps 10 ms while a result is pending).
+                self._waiting[fut] = callback
+                fut.add_done_callback(self._done.put)
+            else:
+                # A generator: the collector thread calls joblib's callback.
                 fut.add_done_callback(callback)
             return fut
 
@@ -242,9 +255,23 @@ def _make_class():
         def retrieval_context(self):
             # Inside a task nothing calls joblib's callbacks: sync the children in
             # order here and call each one's (it may submit the next batches).
+            # Outside tasks, for a list result, wait here for each future to finish
+            # and call its callback, until one fails (joblib then aborts the rest).
             if _in_task():
                 self._drain(callbacks=True)
+            else:
+                self._drain_futures()
             yield
+
+        def _drain_futures(self):
+            while self._waiting:
+                fut = self._done.get()
+                callback = self._waiting.pop(fut, None)
+                if callback is None:
+                    continue  # a future of an aborted call
+                callback(fut)
+                if fut.cancelled() or fut.exception() is not None:
+                    break
 
         def _drain(self, callbacks):
             while self._children:
@@ -257,6 +284,7 @@ def _make_class():
             # Queued futures are cancelled; a task's children already spawned are
             # synced (their results dropped) so none is left behind.
             self._drain(callbacks=False)
+            self._waiting.clear()
             with self._lock:
                 pending = list(self._futures)
             for fut in pending:
@@ -264,6 +292,7 @@ def _make_class():
 
         def terminate(self):
             self._drain(callbacks=False)
+            self._waiting.clear()
             self._sched = None
 
     PennyBackend.__module__ = __name__
