@@ -15,12 +15,29 @@ def pid_square(x, delay=0.0):
 
 
 def where():
-    """(active joblib backend's class name, its nesting level, inside a Penny task?)"""
+    """(active joblib backend's class name, its nesting level, inside a Penny
+    task?, threads of this process)"""
+    import threading
+
     from joblib.parallel import get_active_backend
 
     backend, _ = get_active_backend()
     fork = penny._context.fork
-    return type(backend).__name__, backend.nesting_level, fork is not None and bool(fork.task)
+    return (type(backend).__name__, backend.nesting_level, fork is not None and bool(fork.task),
+            threading.active_count())
+
+
+def thread_count():
+    import threading
+
+    return threading.active_count()
+
+
+def nested_with_timeout(delay):
+    """A nested Parallel with a timeout shorter than its items."""
+    from joblib import Parallel, delayed
+
+    return [r[1] for r in Parallel(n_jobs=2, timeout=0.01)(delayed(pid_square)(i, delay) for i in range(2))]
 
 
 def fail_at(x, bad, delay=0.0):

@@ -154,6 +154,18 @@ def test_config_without_scheduler_starts_one_and_stops_it():
     assert values == [i * i for i in range(9)]
 
 
+def test_parallel_with_backend_name_starts_one_and_stops_it():
+    out = run_script(
+        "import json, os, joblib, penny.joblib\n"
+        "from penny import _context\n"
+        "from tests import joblib_tasks as jt\n"
+        "penny.joblib.register()\n"
+        "r = joblib.Parallel(n_jobs=2, backend='penny')(joblib.delayed(jt.pid_square)(i) for i in range(6))\n"
+        "running = [s for s in list(_context.live) if not s._closed]\n"
+        "print(json.dumps([len(running), os.getpid() in {p for p, _ in r}, [v for _, v in r]]))\n")
+    assert out == [0, False, [i * i for i in range(6)]]
+
+
 # ---- nested Parallel inside tasks ---------------------------------------------
 
 
@@ -181,6 +193,7 @@ def test_three_levels_stay_on_penny_and_start_no_process():
     with penny.Scheduler(2) as s:
         with parallel_config(backend="penny", n_jobs=2):
             Parallel()(delayed(jt.nest)(1, 2) for _ in range(2))  # warm-up
+            plain_threads = s.submit(jt.thread_count).result(timeout=60)
             baseline = descendants(os.getpid())
             seen, stop = set(), threading.Event()
 
@@ -203,11 +216,17 @@ def test_three_levels_stay_on_penny_and_start_no_process():
     leaves = [leaf for part in leaves for leaf in part]
     assert len(leaves) == 27
     # Every leaf ran in a Penny task under Penny's backend, below three levels of Parallel.
-    assert set(map(tuple, leaves)) == {("PennyBackend", 3, True)}
+    # No thread was started in the workers either (as many as in a plain task).
+    assert set(map(tuple, leaves)) == {("PennyBackend", 3, True, plain_threads)}
     assert seen <= baseline, f"new processes during the nested call: {seen - baseline}"
     assert len(workers) == 2 and workers <= baseline
     # The nested calls spawned their batches as children: 3 tasks x 3 + 9 x 3.
     assert stats["spawns"] >= 36
+
+
+def test_nested_timeout_is_not_applied_in_tasks(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        assert Parallel()(delayed(jt.nested_with_timeout)(0.3) for _ in range(2)) == [[0, 1]] * 2
 
 
 def test_nested_fib_is_right(sched):

@@ -11,15 +11,18 @@ scheduler is the current one if there is one (``penny._context``), else one
 this backend starts with ``n_jobs`` workers and shuts down when joblib drops
 the backend (the end of the ``parallel_config`` block, or of a
 ``Parallel(backend="penny")`` call) or at interpreter exit.  Results come
-back through joblib's callback (``supports_retrieve_callback``), run by the
-scheduler's collector thread.
+back through joblib's callback (``supports_retrieve_callback``): for a list
+result the calling thread runs it as each future finishes (`retrieval_context`),
+for ``return_as="generator"`` the scheduler's collector thread does.  After
+an error the batches not started yet are cancelled.
 
 Inside a Penny task (a batch that calls ``Parallel`` again) the backend is
 Penny again (`get_nested_backend`): each batch is ``penny.spawn``-ed as a
 child of the running task and joblib's retrieval syncs them in order
 (`retrieval_context`), so the waiting task suspends on its fiber while its
 worker steals other work; no thread, no process, no new scheduler is
-started there.
+started there.  There ``Parallel``'s `timeout` is not applied (the batches
+are synced in order).
 
 ``import penny.joblib`` does not import joblib: `register()` (or the first use
 of `PennyBackend`) does.
