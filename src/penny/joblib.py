@@ -39,7 +39,7 @@ import weakref
 
 from . import _context
 
-__all__ = ["register", "PennyBackend"]
+__all__ = ["PennyBackend", "register"]  # noqa: F822 - PennyBackend comes from __getattr__ (joblib on first use)
 
 _CLASS = None
 _CLASS_LOCK = threading.Lock()
@@ -74,7 +74,7 @@ def _nested(nesting_level):
 class _Child:
     """The future-like object of a batch spawned inside a task."""
 
-    __slots__ = ("handle", "done", "value", "error")
+    __slots__ = ("done", "error", "handle", "value")
 
     def __init__(self, handle):
         self.handle = handle
