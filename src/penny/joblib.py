@@ -89,8 +89,8 @@ class _Child:
 
         try:
             self.value = sync(self.handle)
-        except BaseException as e:  # noqa: BLE001 - handed to joblib by result()
-            self.error = e
+        except Exception as e:  # noqa: BLE001 - handed to joblib by result(); KeyboardInterrupt,
+            self.error = e          # SystemExit and a fiber's GreenletExit go straight through
         self.done = True
         self.handle = None
 
