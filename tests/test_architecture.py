@@ -26,7 +26,7 @@ LAYERS = [
     ("runtime", ("penny.runtime",)),
     ("frontend", ("penny.frontend",)),
     ("backends", ("penny.backends",)),
-    ("top", ("penny", "penny.cli", "penny.__main__", "penny.workloads")),
+    ("top", ("penny", "penny.cli", "penny.__main__", "penny.workloads", "penny.joblib")),
 ]
 
 
@@ -182,7 +182,8 @@ PUBLIC = {
 }
 
 #: Subpackages and modules that become attributes of `penny` once imported.
-SUBMODULES = {"backends", "cli", "config", "errors", "frontend", "runtime", "shm", "trace", "wire", "workloads"}
+SUBMODULES = {"backends", "cli", "config", "errors", "frontend", "joblib", "runtime", "shm", "trace", "wire",
+              "workloads"}
 
 
 def test_all_is_exactly_the_public_api():

@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Nested joblib.Parallel: Penny's backend vs loky (joblib's default) vs Dask (issue 14).
+
+    python benchmarks/joblib_nested.py [--quick] [--n 27] [--cut 17] [--workers 2] [--json out.json]
+
+The program: ``pfib(n)`` calls ``Parallel(n_jobs=2)`` on ``pfib(n-1), pfib(n-2)``
+at every level down to ``n <= cut``, where a plain recursive ``fib`` runs.  The
+same program runs under each backend (``joblib.parallel_config(backend=...)``):
+
+* serial: plain ``fib(n)``, no joblib at all (T_serial);
+* penny, 1 worker: the nested program on one worker, i.e. what joblib's
+  ``Parallel`` and Penny's spawn/sync cost with no parallelism:
+  ``T_serial / T_1`` is the ceiling of Penny's efficiency on this machine;
+* penny: ``penny.joblib`` on a Scheduler of `--workers` workers (nested calls
+  spawn and sync children);
+* loky: joblib's default process backend, ``n_jobs=workers`` (nested calls
+  fall back to threads, then serial);
+* dask: ``distributed.Client(n_workers=workers, threads_per_worker=1,
+  processes=True)`` (nested calls secede).
+
+Each result is checked against the serial one; the time is the best of R runs
+after a warm-up.  efficiency = T_serial / (workers x T).  Target: penny >= 0.80
+on 2 workers for fib(27), cut 17.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join([BENCH_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(
+    os.pathsep) if p])
+
+perf = time.perf_counter
+
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def pfib(n, cut):
+    from joblib import Parallel, delayed
+
+    if n <= cut:
+        return fib(n)
+    a, b = Parallel(n_jobs=2)(delayed(pfib)(m, cut) for m in (n - 1, n - 2))
+    return a + b
+
+
+def best(run, rounds, expect):
+    run()  # warm-up: imports, worker start, function registration
+    times = []
+    for _ in range(rounds):
+        t0 = perf()
+        got = run()
+        times.append(perf() - t0)
+        if got != expect:
+            raise SystemExit(f"joblib_nested: wrong result {got!r}, expected {expect!r}")
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fib(25), 2 rounds")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--cut", type=int, default=17)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--skip", default="", help="comma-separated backends to skip: loky,dask")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    n = a.n if a.n is not None else (25 if a.quick else 27)
+    rounds = a.rounds or (2 if a.quick else 5)
+    skip = set(filter(None, a.skip.split(",")))
+    w = a.workers
+
+    import joblib
+
+    import joblib_nested as me  # this file by its module name: workers import it by name
+
+    import penny
+    import penny.joblib
+
+    penny.joblib.register()
+    expect = fib(n)
+    rows = {}
+
+    rows["serial"] = best(lambda: me.fib(n), rounds, expect)
+
+    def under(backend, **kw):
+        def run():
+            with joblib.parallel_config(backend=backend, **kw):
+                return me.pfib(n, a.cut)
+        return run
+
+    with penny.Scheduler(1):
+        rows["penny, 1 worker"] = best(under("penny"), rounds, expect)
+    with penny.Scheduler(w):
+        rows["penny"] = best(under("penny"), rounds, expect)
+    if "loky" not in skip:
+        rows["loky"] = best(under("loky", n_jobs=w), rounds, expect)
+    if "dask" not in skip:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            print("dask: distributed is not installed (pip install dask distributed); its row is left out")
+            skip.add("dask")
+    if "dask" not in skip:
+        with LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+                Client(cl):
+            rows["dask"] = best(under("dask"), rounds, expect)
+
+    ts = rows["serial"]
+    calls = _calls(n, a.cut)
+    print(f"nested fib({n}), Parallel(n_jobs=2) at every level down to n <= {a.cut} "
+          f"({calls} Parallel calls), {w} workers, best of {rounds}; os.cpu_count()={os.cpu_count()}")
+    print(f"{'backend':<17}{'time (ms)':>11}{'efficiency':>12}{'vs penny':>10}")
+    out = {"n": n, "cut": a.cut, "workers": w, "rounds": rounds, "parallel_calls": calls, "rows": {}}
+    for name, t in rows.items():
+        workers = 1 if name in ("serial", "penny, 1 worker") else w
+        eff = ts / (workers * t)
+        ratio = t / rows["penny"]
+        print(f"{name:<17}{t * 1e3:>11.1f}{eff:>12.2f}{ratio:>9.2f}x")
+        out["rows"][name] = {"seconds": t, "efficiency": eff, "time_vs_penny": ratio}
+    t1 = rows["penny, 1 worker"]
+    print(f"cost per nested Parallel call on one worker (T_1 - T_serial) / calls: "
+          f"{(t1 - ts) / calls * 1e6:.0f} us; Penny's efficiency ceiling here is T_serial / T_1 = {ts / t1:.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def _calls(n, cut):
+    return 0 if n <= cut else 1 + _calls(n - 1, cut) + _calls(n - 2, cut)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""A joblib backend on Penny whose nested ``Parallel`` calls stay parallel.
+
+    import joblib, penny.joblib
+
+    penny.joblib.register()
+    with joblib.parallel_config(backend="penny", n_jobs=2):
+        joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(10))
+
+Outside tasks (the main process) a batch is ``Scheduler.submit``-ted; the
+scheduler is the current one if there is one (``penny._context``), else one
+this backend starts with ``n_jobs`` workers and shuts down when joblib drops
+the backend (the end of the ``parallel_config`` block, or of a
+``Parallel(backend="penny")`` call) or at interpreter exit.  Results come
+back through joblib's callback (``supports_retrieve_callback``): for a list
+result the calling thread runs it as each future finishes (`retrieval_context`),
+for ``return_as="generator"`` the scheduler's collector thread does.  After
+an error the batches not started yet are cancelled.
+
+Inside a Penny task (a batch that calls ``Parallel`` again) the backend is
+Penny again (`get_nested_backend`): each batch is ``penny.spawn``-ed as a
+child of the running task and joblib's retrieval syncs them in order
+(`retrieval_context`), so the waiting task suspends on its fiber while its
+worker steals other work; no thread, no process, no new scheduler is
+started there.  There ``Parallel``'s `timeout` is not applied (the batches
+are synced in order).
+
+``import penny.joblib`` does not import joblib: `register()` (or the first use
+of `PennyBackend`) does.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import queue
+import threading
+import weakref
+
+from . import _context
+
+__all__ = ["PennyBackend", "register"]  # noqa: F822 - PennyBackend comes from __getattr__ (joblib on first use)
+
+_CLASS = None
+_CLASS_LOCK = threading.Lock()
+
+
+def register(name: str = "penny", make_default: bool = False):
+    """Register the backend with joblib under `name` (joblib's
+    ``register_parallel_backend``) and return its class."""
+    import joblib
+
+    cls = _backend_class()
+    joblib.register_parallel_backend(name, cls, make_default=make_default)
+    return cls
+
+
+def __getattr__(name):
+    if name == "PennyBackend":
+        return _backend_class()
+    raise AttributeError(f"module 'penny.joblib' has no attribute {name!r}")
+
+
+def _in_task() -> bool:
+    fork = _context.fork
+    return fork is not None and bool(fork.task)
+
+
+def _nested(nesting_level):
+    """How a pickled backend comes back in a worker (see PennyBackend.__reduce__)."""
+    return _backend_class()(nesting_level=nesting_level)
+
+
+class _Child:
+    """The future-like object of a batch spawned inside a task."""
+
+    __slots__ = ("done", "error", "handle", "value")
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.done = False
+        self.value = None
+        self.error = None
+
+    def wait(self) -> None:
+        if self.done:
+            return
+        from . import sync
+
+        try:
+            self.value = sync(self.handle)
+        except Exception as e:  # noqa: BLE001 - handed to joblib by result(); KeyboardInterrupt,
+            self.error = e          # SystemExit and a fiber's GreenletExit go straight through
+        self.done = True
+        self.handle = None
+
+    def result(self, timeout=None):
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    get = result
+
+
+def _batched_calls():
+    from joblib.parallel import BatchedCalls
+
+    return BatchedCalls
+
+
+def _run_batch(items, n_jobs, nesting_level):
+    """A joblib batch in a worker, as BatchedCalls.__call__ runs it: under the
+    nested backend (Penny again, one level deeper)."""
+    from joblib import parallel_config
+
+    with parallel_config(backend=_nested(nesting_level), n_jobs=n_jobs):
+        return [func(*args, **kwargs) for func, args, kwargs in items]
+
+
+def _backend_class():
+    global _CLASS
+    with _CLASS_LOCK:
+        if _CLASS is None:
+            _CLASS = _make_class()
+        return _CLASS
+
+
+def _make_class():
+    from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+
+    class PennyBackend(AutoBatchingMixin, ParallelBackendBase):
+        """joblib's backend protocol on Penny (see the module docstring).
+
+        ``parallel_config(backend="penny", scheduler=s)`` uses the Scheduler `s`."""
+
+        #: n_jobs=None means every worker (as Dask's backend does).
+        default_n_jobs = -1
+        supports_retrieve_callback = True
+        supports_inner_max_num_threads = False
+        #: Batches run in worker processes: no shared memory, no threads.
+        uses_threads = False
+        supports_sharedmem = False
+
+        def __init__(self, nesting_level=None, inner_max_num_threads=None, scheduler=None, **kwargs):
+            super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
+                             **kwargs)
+            self._given = scheduler
+            self._sched = None
+            self._owned = None          # [Scheduler] this backend started, shared with its finalizer
+            self._futures = set()       # outside tasks: futures not done yet
+            self._waiting = {}          # outside tasks, list results: future -> joblib's callback
+            self._done = queue.SimpleQueue()  # those futures, as they finish
+            self._children = collections.deque()  # inside a task: (child, callback) not synced yet
+            self._lock = threading.Lock()
+            self._parallel_ref = None
+
+        # joblib sets `parallel`; a weak reference keeps Parallel -> backend one way
+        # (no cycle), so a dropped backend is freed, and its scheduler shut down, at once.
+        @property
+        def parallel(self):
+            return self._parallel_ref() if self._parallel_ref is not None else None
+
+        @parallel.setter
+        def parallel(self, value):
+            self._parallel_ref = weakref.ref(value) if value is not None else None
+
+        def __reduce__(self):
+            # A batch carries its nested backend to a worker: only the level travels.
+            return (_nested, (self.nesting_level,))
+
+        # ---- sizes -----------------------------------------------------------
+        def _workers(self):
+            if _in_task():
+                return _context.fork.w.lay.workers
+            sched = self._sched or self._given or _current()
+            if sched is not None:
+                return sched.workers
+            return os.cpu_count() or 1
+
+        def effective_n_jobs(self, n_jobs):
+            if n_jobs == 0:
+                raise ValueError("n_jobs == 0 in Parallel has no meaning")
+            if n_jobs is None:
+                n_jobs = self.default_n_jobs
+            if n_jobs < 0:
+                return max(self._workers() + 1 + n_jobs, 1)
+            return n_jobs
+
+        def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **backend_kwargs):
+            self.parallel = parallel
+            n = self.effective_n_jobs(n_jobs)
+            if n > 1 and not _in_task():
+                self._scheduler(n)
+            return n
+
+        def _scheduler(self, n):
+            if self._sched is not None and not self._sched._closed:
+                return self._sched
+            sched = self._given
+            if sched is None and self._owned and not self._owned[0]._closed:
+                sched = self._owned[0]
+            if sched is None:
+                sched = _current()
+            if sched is None:
+                from . import Scheduler
+
+                sched = Scheduler(n)
+                self._owned = [sched]
+                weakref.finalize(self, _shutdown, self._owned)
+            self._sched = sched
+            return sched
+
+        def get_nested_backend(self):
+            level = (self.nesting_level or 0) + 1
+            return type(self)(nesting_level=level), None
+
+        # ---- submitting and retrieving -------------------------------------------
+        def submit(self, func, callback=None):
+            if _in_task():
+                from . import spawn
+
+                if type(func) is _batched_calls():
+                    # The items travel as arguments of a function named by module
+                    # (cheaper than a cloudpickle of the BatchedCalls object).
+                    child = _Child(spawn(_run_batch, func.items, func._n_jobs,
+                                         getattr(func._backend, "nesting_level", None)))
+                else:
+                    child = _Child(spawn(func))
+                self._children.append((child, callback))
+                return child
+            fut = self._scheduler(2).submit(func)
+            with self._lock:
+                self._futures.add(fut)
+            fut.add_done_callback(self._forget)
+            if callback is None:
+                return fut
+            parallel = self.parallel
+            if parallel is not None and not parallel.return_generator:
+                # A list result: retrieval_context calls the callbacks in this
+                # thread as the futures finish (no polling: joblib's own loop
+                # sleeps 10 ms while a result is pending).
+                self._waiting[fut] = callback
+                fut.add_done_callback(self._done.put)
+            else:
+                # A generator: the collector thread calls joblib's callback.
+                fut.add_done_callback(callback)
+            return fut
+
+        def _forget(self, fut):
+            with self._lock:
+                self._futures.discard(fut)
+
+        def retrieve_result_callback(self, out):
+            return out.result()
+
+        @contextlib.contextmanager
+        def retrieval_context(self):
+            # Inside a task nothing calls joblib's callbacks: sync the children in
+            # order here and call each one's (it may submit the next batches).
+            # Outside tasks, for a list result, wait here for each future to finish
+            # and call its callback, until one fails (joblib then aborts the rest).
+            if _in_task():
+                self._drain(callbacks=True)
+            else:
+                self._drain_futures()
+            yield
+
+        def _drain_futures(self):
+            while self._waiting:
+                fut = self._done.get()
+                callback = self._waiting.pop(fut, None)
+                if callback is None:
+                    continue  # a future of an aborted call
+                callback(fut)
+                if fut.cancelled() or fut.exception() is not None:
+                    break
+
+        def _drain(self, callbacks):
+            while self._children:
+                child, callback = self._children.popleft()
+                child.wait()
+                if callbacks and callback is not None:
+                    callback(child)
+
+        def abort_everything(self, ensure_ready=True):
+            # Queued futures are cancelled; a task's children already spawned are
+            # synced (their results dropped) so none is left behind.
+            self._drain(callbacks=False)
+            self._waiting.clear()
+            with self._lock:
+                pending = list(self._futures)
+            for fut in pending:
+                fut.cancel()
+
+        def terminate(self):
+            self._drain(callbacks=False)
+            self._waiting.clear()
+            self._sched = None
+
+    PennyBackend.__module__ = __name__
+    PennyBackend.__qualname__ = "PennyBackend"
+    return PennyBackend
+
+
+def _current():
+    if _context.in_worker:
+        return None
+    try:
+        return _context.current_scheduler()
+    except Exception:  # noqa: BLE001 - SchedulerClosedError: none is running
+        return None
+
+
+def _shutdown(owned) -> None:
+    for sched in owned:
+        sched.shutdown()
+    owned.clear()

@@ -1,0 +1,290 @@
+"""penny.joblib against the real joblib and scikit-learn (CI installs both).
+
+From the user's side: what ``Parallel`` returns (values, order, generators,
+errors, n_jobs=-1), what it leaves running after an error, which scheduler it
+uses, and what a nested ``Parallel`` inside a task does (stays on Penny,
+spawns children, never starts a process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+joblib = pytest.importorskip("joblib")
+
+import penny  # noqa: E402
+import penny.joblib  # noqa: E402
+from joblib import Parallel, delayed, parallel_config  # noqa: E402
+from tests import joblib_tasks as jt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+penny.joblib.register()
+
+
+@pytest.fixture(scope="module")
+def sched():
+    with penny.Scheduler(2) as s:
+        yield s
+
+
+def worker_pids(s):
+    return {p.pid for p in s._supervisor.procs if p is not None}
+
+
+def run_script(code: str, timeout=240):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "src")]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_import_does_not_import_joblib():
+    out = run_script("import sys, json, penny.joblib; print(json.dumps('joblib' in sys.modules))")
+    assert out is False
+
+
+def test_register_names_the_backend():
+    cls = penny.joblib.register()
+    from joblib.parallel import BACKENDS
+
+    assert BACKENDS["penny"] is cls
+    assert cls is penny.joblib.PennyBackend
+
+
+def test_results_in_order_on_the_workers(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        # Later items finish first: the order is still the items' order.
+        out = Parallel()(delayed(jt.pid_square)(i, 0.002 * (20 - i)) for i in range(20))
+    assert [v for _, v in out] == [i * i for i in range(20)]
+    assert {p for p, _ in out} <= worker_pids(sched)
+
+
+def test_many_small_items_batched(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        out = Parallel(batch_size="auto")(delayed(abs)(-i) for i in range(3000))
+    assert out == list(range(3000))
+
+
+def test_return_as_generator(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        gen = Parallel(return_as="generator")(delayed(jt.pid_square)(i) for i in range(30))
+        assert not isinstance(gen, list)
+        assert [v for _, v in gen] == [i * i for i in range(30)]
+        unordered = Parallel(return_as="generator_unordered")(
+            delayed(jt.pid_square)(i, 0.001 * (i % 3)) for i in range(30))
+        assert sorted(v for _, v in unordered) == [i * i for i in range(30)]
+
+
+def test_exception_comes_back_as_itself(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        with pytest.raises(ValueError, match="bad item 5"):
+            Parallel()(delayed(jt.fail_at)(i, 5) for i in range(10))
+        # The backend still works after an error.
+        assert Parallel()(delayed(abs)(-i) for i in range(5)) == list(range(5))
+
+
+def test_n_jobs_minus_one_is_every_worker():
+    with penny.Scheduler(3) as s:
+        with parallel_config(backend="penny", scheduler=s):
+            assert joblib.effective_n_jobs(-1) == 3
+            assert joblib.effective_n_jobs(-2) == 2
+            assert joblib.effective_n_jobs(-5) == 1
+            out = Parallel(n_jobs=-1)(delayed(jt.pid_square)(i) for i in range(12))
+    assert [v for _, v in out] == [i * i for i in range(12)]
+    with pytest.raises(ValueError):
+        with parallel_config(backend="penny"):
+            Parallel(n_jobs=0)(delayed(abs)(1) for _ in range(2))
+
+
+def test_given_scheduler_is_used(sched):
+    with penny.Scheduler(1) as other:
+        with parallel_config(backend="penny", n_jobs=2, scheduler=sched):
+            out = Parallel()(delayed(jt.pid_square)(i) for i in range(10))
+        assert {p for p, _ in out} <= worker_pids(sched)
+        assert not ({p for p, _ in out} & worker_pids(other))
+
+
+def test_error_cancels_the_items_not_started(sched, tmp_path):
+    # Item 0 fails at once; the 40 others take 0.1 s each on 2 workers (2 s in
+    # all).  After the error, the queued ones are cancelled: they never run.
+    with parallel_config(backend="penny", n_jobs=2):
+        with pytest.raises(KeyError):
+            Parallel(pre_dispatch="all", batch_size=1)(
+                delayed(jt.mark_after)(i, str(tmp_path), 0.1) for i in range(41))
+    time.sleep(4.0)  # longer than all of them would take
+    ran = len(os.listdir(tmp_path))
+    assert ran < 40, f"{ran} items ran after the error"
+    # The scheduler is free again.
+    assert sched.submit(abs, -3).result(timeout=60) == 3
+
+
+def test_config_without_scheduler_starts_one_and_stops_it():
+    out = run_script(
+        "import json, gc, joblib, penny, penny.joblib\n"
+        "from penny import _context\n"
+        "from tests import joblib_tasks as jt\n"
+        "penny.joblib.register()\n"
+        "before = [s for s in _context.live if not s._closed]\n"
+        "with joblib.parallel_config(backend='penny', n_jobs=3):\n"
+        "    r = joblib.Parallel()(joblib.delayed(jt.pid_square)(i) for i in range(9))\n"
+        "    s = _context.current_scheduler()\n"
+        "    pids = [p.pid for p in s._supervisor.procs]\n"
+        "    inside = (s.workers, s._closed, sorted({p for p, _ in r}) == sorted(set(pids) & {p for p, _ in r}))\n"
+        "after = s._closed\n"
+        "import os, time\n"
+        "end = time.time() + 60\n"
+        "while time.time() < end and any(os.path.exists(f'/proc/{p}') for p in pids):\n"
+        "    time.sleep(0.05)\n"
+        "alive = [p for p in pids if os.path.exists(f'/proc/{p}')]\n"
+        "print(json.dumps([len(before), inside, after, alive, [v for _, v in r]]))\n")
+    n_before, inside, after, alive, values = out
+    assert n_before == 0
+    assert inside == [3, False, True]
+    assert after is True, "the scheduler the config started is still running after the block"
+    assert alive == []
+    assert values == [i * i for i in range(9)]
+
+
+def test_parallel_with_backend_name_starts_one_and_stops_it():
+    out = run_script(
+        "import json, os, joblib, penny.joblib\n"
+        "from penny import _context\n"
+        "from tests import joblib_tasks as jt\n"
+        "penny.joblib.register()\n"
+        "r = joblib.Parallel(n_jobs=2, backend='penny')(joblib.delayed(jt.pid_square)(i) for i in range(6))\n"
+        "running = [s for s in list(_context.live) if not s._closed]\n"
+        "print(json.dumps([len(running), os.getpid() in {p for p, _ in r}, [v for _, v in r]]))\n")
+    assert out == [0, False, [i * i for i in range(6)]]
+
+
+# ---- nested Parallel inside tasks ---------------------------------------------
+
+
+def descendants(pid):
+    """Every process below `pid` (from /proc)."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def test_three_levels_stay_on_penny_and_start_no_process():
+    with penny.Scheduler(2) as s:
+        with parallel_config(backend="penny", n_jobs=2):
+            Parallel()(delayed(jt.nest)(1, 2) for _ in range(2))  # warm-up
+            plain_threads = s.submit(jt.thread_count).result(timeout=60)
+            baseline = descendants(os.getpid())
+            seen, stop = set(), threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    seen.update(descendants(os.getpid()))
+                    time.sleep(0.005)
+
+            t = threading.Thread(target=watch)
+            t.start()
+            s.stats(reset=True)
+            try:
+                # Level 1 runs in the main process, levels 2 and 3 in tasks.
+                leaves = Parallel()(delayed(jt.nest)(2, 3) for _ in range(3))
+            finally:
+                stop.set()
+                t.join()
+            stats = s.stats()["totals"]
+            workers = worker_pids(s)
+    leaves = [leaf for part in leaves for leaf in part]
+    assert len(leaves) == 27
+    # Every leaf ran in a Penny task under Penny's backend, below three levels of Parallel.
+    # No thread was started in the workers either (as many as in a plain task).
+    assert set(map(tuple, leaves)) == {("PennyBackend", 3, True, plain_threads)}
+    assert seen <= baseline, f"new processes during the nested call: {seen - baseline}"
+    assert len(workers) == 2 and workers <= baseline
+    # The nested calls spawned their batches as children: 3 tasks x 3 + 9 x 3.
+    assert stats["spawns"] >= 36
+
+
+def test_nested_timeout_is_not_applied_in_tasks(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        assert Parallel()(delayed(jt.nested_with_timeout)(0.3) for _ in range(2)) == [[0, 1]] * 2
+
+
+def test_nested_fib_is_right(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        assert Parallel()(delayed(jt.pfib)(n) for n in (12, 14, 16)) == [jt.fib(n) for n in (12, 14, 16)]
+
+
+def test_nested_error_comes_back_as_itself(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        with pytest.raises(ValueError, match="bad item 3"):
+            Parallel()(delayed(jt.nested_error)(3) for _ in range(2))
+        assert Parallel()(delayed(jt.nested_error)(99) for _ in range(2)) == [list(range(8))] * 2
+
+
+def test_nested_generators(sched):
+    with parallel_config(backend="penny", n_jobs=2):
+        assert Parallel()(delayed(jt.nested_generator)(10) for _ in range(2)) == [[i * i for i in range(10)]] * 2
+        # A nested generator dropped after one item: its other children are
+        # synced, the task returns normally.
+        assert Parallel()(delayed(jt.nested_generator_abandoned)(20) for _ in range(2)) == [0, 0]
+        assert sched.submit(abs, -1).result(timeout=60) == 1
+
+
+# ---- scikit-learn ---------------------------------------------------------------
+
+
+def test_cross_val_score_equals_serial(sched):
+    sklearn = pytest.importorskip("sklearn")  # noqa: F841
+    import numpy as np
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import cross_val_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y = load_iris(return_X_y=True)
+    serial = cross_val_score(DecisionTreeClassifier(random_state=0), X, y, cv=5)
+    with parallel_config(backend="penny"):
+        par = cross_val_score(DecisionTreeClassifier(random_state=0), X, y, cv=5, n_jobs=2)
+    np.testing.assert_array_equal(serial, par)
+
+
+def test_grid_search_with_nested_forest_equals_serial(sched):
+    pytest.importorskip("sklearn")
+    import numpy as np
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = load_iris(return_X_y=True)
+    grid = {"max_depth": [1, 3, None], "n_estimators": [5, 10]}
+
+    def search(n_jobs):
+        # The forest's own n_jobs makes a nested Parallel inside each fit task.
+        return GridSearchCV(RandomForestClassifier(random_state=0, n_jobs=n_jobs), grid, cv=3,
+                            n_jobs=n_jobs).fit(X, y)
+
+    serial = search(None)
+    with parallel_config(backend="penny"):
+        par = search(2)
+    assert par.best_params_ == serial.best_params_
+    np.testing.assert_array_equal(par.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(par.predict(X), serial.predict(X))
