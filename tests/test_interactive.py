@@ -108,3 +108,35 @@ def test_a_jupyter_notebook_on_a_real_kernel(tmp_path):
     assert "AGAIN 42" in text, nb.cells
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
+
+
+GUARDED_UNPICKLABLE = textwrap.dedent("""
+    import struct, threading
+    import penny
+
+    S = struct.Struct("<Q")          # module globals that cannot be pickled:
+    LOCK = threading.Lock()          # these functions cannot travel by value
+
+    def pack(x):
+        with LOCK:
+            return S.unpack(S.pack(x))[0] + 1
+
+    def apply(f, x):
+        return f(x)
+
+    if __name__ == "__main__":
+        with penny.Scheduler(2) as s:
+            print("RESULT", s.submit(pack, 41).result(), s.submit(apply, pack, 41).result(),
+                  list(s.map(pack, range(3))))
+""")
+
+
+def test_a_guarded_script_whose_functions_name_unpicklable_globals(tmp_path):
+    """Such a function cannot go by value; the worker imports the script
+    instead (as multiprocessing does), which its main guard makes safe."""
+    path = tmp_path / "guarded.py"
+    path.write_text(GUARDED_UNPICKLABLE)
+    r = run([str(path)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "RESULT 42 42 [1, 2, 3]" in r.stdout, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -11,6 +11,8 @@ must not make the lower layers import the upper ones:
   in the main process;
 * `task_context`: per thread, the scheduler of a task that another backend
   runs (backends/ray): what spawn and sync submit children to there;
+* `main_path`, `main_module()`: in a worker of Penny's launcher, the main
+  script, imported only when a task names one of its functions by name;
 * `outside_spawned()`: per thread, the futures of `penny.spawn` calls made
   outside any task, for the `penny.sync()` that waits for them.
 
@@ -84,6 +86,33 @@ def forget_in_worker() -> None:
                 pass
     live.clear()
     current = None
+
+
+#: In a worker of Penny's launcher: the path of the main script, imported
+#: (as ``__mp_main__``, like multiprocessing does) only if a task names one of
+#: its functions by name (one that cannot be pickled by value: see
+#: wire/functions.py); never at start, so a script without a main guard is not
+#: run again by every worker.
+main_path = None
+_main_loaded = False
+
+
+def main_module():
+    """The module that ``__main__:name`` functions are looked up in."""
+    global _main_loaded
+    import sys
+
+    if in_worker and main_path and not _main_loaded:
+        _main_loaded = True
+        import runpy
+        import types
+
+        mod = types.ModuleType("__mp_main__")
+        mod.__file__ = main_path
+        sys.modules["__mp_main__"] = mod
+        mod.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+        sys.modules["__main__"] = mod
+    return sys.modules["__main__"]
 
 
 def outside_spawned() -> list:

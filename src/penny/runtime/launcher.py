@@ -234,7 +234,11 @@ class Launcher:
                 slot = [ev, None]
                 self._pending[token] = slot
                 try:
-                    self._send(("start", token, payload, list(sys.path), os.getcwd()), [fd])
+                    main = sys.modules.get("__main__")
+                    main_path = getattr(main, "__file__", None)
+                    if main_path:
+                        main_path = os.path.abspath(main_path)
+                    self._send(("start", token, payload, list(sys.path), os.getcwd(), main_path), [fd])
                 except OSError as e:
                     slot[1] = LauncherError(f"penny: the worker launcher is gone: {e}")
                     ev.set()
@@ -366,17 +370,21 @@ def _prepare_child() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_worker(payload: bytes, fd: int, sys_path: list, cwd: str) -> int:
-    """A worker's life in the launcher's child.  The user's __main__ is never
-    imported: functions defined there travel by value (wire/functions.py)."""
+def _run_worker(payload: bytes, fd: int, sys_path: list, cwd: str, main_path) -> int:
+    """A worker's life in the launcher's child.  The user's __main__ is not
+    imported at start: functions defined there travel by value, and only one
+    that cannot (it names an unpicklable global) makes the worker import the
+    script, when a task first needs it (wire/functions.py)."""
     sys.path[:] = sys_path
     try:
         os.chdir(cwd)
     except OSError:
         pass
+    from .. import _context
     from ..shm.region import RegionHandle
     from . import worker
 
+    _context.main_path = main_path
     try:
         layout, wid, static, method, seed = pickle.loads(payload)
         worker.main(RegionHandle(fd, layout, owned=True), wid, static, method, seed)
@@ -484,7 +492,7 @@ def serve(fd: int, main_pid: int) -> None:
             os._exit(0)
         msg = pickle.loads(data)
         if msg[0] == "start":
-            _, token, payload, sys_path, cwd = msg
+            _, token, payload, sys_path, cwd, main_path = msg
             region_fd = fds[0]
             for extra in fds[1:]:
                 os.close(extra)
@@ -497,7 +505,7 @@ def serve(fd: int, main_pid: int) -> None:
                     for f in [wake_r, wake_w, main_fd, *adopted.values()]:
                         if f >= 0:
                             os.close(f)
-                    code = _run_worker(payload, region_fd, sys_path, cwd)
+                    code = _run_worker(payload, region_fd, sys_path, cwd, main_path)
                 finally:
                     os._exit(code)
             os.close(region_fd)

@@ -38,6 +38,7 @@ import sys
 import threading
 import types
 
+from .. import _context
 from ..errors import NotImportableError, UnknownFunctionError
 from ..shm.registry import DYNAMIC_BASE, KIND_NAME, MAX_STATIC_ID, FunctionDirectory
 from .marshal import ByValue, pickle_module_by_value
@@ -72,12 +73,32 @@ def qualified_name(fn) -> str | None:
 
 
 def resolve(name: str):
-    """Import ``module:qualname`` (in a worker)."""
+    """Import ``module:qualname`` (in a worker).  ``__main__`` is the main
+    script, imported on demand (_context.main_module)."""
     module, _, qualname = name.partition(":")
-    obj = importlib.import_module(module)
+    obj = _context.main_module() if module in ("__main__", "__mp_main__") else importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def main_script_name(fn) -> str | None:
+    """``__main__:qualname`` for a module-level function of a main *script*
+    (one with a file a worker can import, as multiprocessing does), else
+    None.  The fallback for such a function that cannot be pickled by value
+    (it names an unpicklable global): the worker imports the script then, so
+    the script needs its ``if __name__ == "__main__":`` guard, as with
+    multiprocessing."""
+    if getattr(fn, "__module__", None) != "__main__":
+        return None
+    qualname = getattr(fn, "__qualname__", None)
+    main = sys.modules.get("__main__")
+    if not isinstance(qualname, str) or "<" in qualname or not getattr(main, "__file__", None):
+        return None
+    obj = main
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return f"__main__:{qualname}" if obj is fn else None
 
 
 def dumps(fn) -> bytes:
@@ -334,6 +355,7 @@ class FunctionTable:
         self._cache: dict = {}         # id(callable) -> (callable, unchanged check or None, id, by name)
         self._lock = threading.Lock()
         self._trampoline = None
+        self._main_verdicts: dict = {}  # id(function of __main__) -> (function, pickles by value)
 
     # ---- the submitting side ----
     def cached(self, fn) -> int | None:
@@ -363,9 +385,15 @@ class FunctionTable:
             return fid
         fp = probe(fn)
         if fp is None:
-            return None
+            return self._main_fallback(fn)
         fp = fp.compile()
-        data = dumps(fn)
+        try:
+            data = dumps(fn)
+        except NotImportableError:
+            fid = self._main_fallback(fn)
+            if fid is None:
+                raise
+            return fid
         if self._by_key.get(data) is None and not first_call_registers:
             if data not in self._seen_once:
                 seen = self._seen_once
@@ -377,6 +405,28 @@ class FunctionTable:
         fid = self._add(data, lambda: self._add_pickle(data))
         self._by_id.setdefault(fid, fn)
         self._remember(fn, fp, fid, False)
+        return fid
+
+    def _main_fallback(self, fn) -> int | None:
+        """The by-name id of a function of the main script that cannot be
+        pickled by value (see `main_script_name`), else None.  Checked once
+        per function object: a trial pickle."""
+        name = main_script_name(fn)
+        if name is None:
+            return None
+        verdict = self._main_verdicts.get(id(fn))
+        if verdict is None or verdict[0] is not fn:
+            try:
+                dumps(fn)
+                picklable = True
+            except NotImportableError:
+                picklable = False
+            verdict = self._main_verdicts[id(fn)] = (fn, picklable)
+        if verdict[1]:
+            return None  # it pickles: by value, with each call
+        fid = self._add(name, lambda: self.directory.add_name(name))
+        self._remember(fn, None, fid, True)
+        self._by_id.setdefault(fid, fn)
         return fid
 
     def id_for(self, fn) -> int:

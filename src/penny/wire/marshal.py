@@ -28,6 +28,7 @@ import sys
 import threading
 import traceback
 
+from .. import _context
 from ..errors import (
     ArgumentPicklingError,
     ArgumentUnpicklingError,
@@ -108,8 +109,12 @@ def dumps(obj, arena: Arena, to_worker: bool = True) -> bytes:
         except Exception:  # noqa: BLE001 - the first error says more
             raise first from None
     if to_worker and cloudpickle is not None and data.count(b"__main__") > _tls_main.count:
+        try:
+            by_value = _dumps(obj, arena, cloudpickle.Pickler)
+        except Exception:  # noqa: BLE001 - e.g. a function of the script naming an unpicklable global
+            return data  # by reference: the worker imports the main script (_MainUnpickler)
         discard(data, arena)
-        return _dumps(obj, arena, cloudpickle.Pickler)
+        return by_value
     return data
 
 
@@ -215,16 +220,37 @@ def _ext_blocks(data):
     return held, [flat[i:i + 3] for i in range(0, len(flat), 3)], pos
 
 
+class _MainUnpickler(pickle.Unpickler):
+    """Finds ``__main__`` objects in the main script, imported on demand in a
+    worker (a pickle by reference that by-value pickling could not replace)."""
+
+    def find_class(self, module, name):
+        if module in ("__main__", "__mp_main__"):
+            obj = _context.main_module()
+            for part in name.split("."):
+                obj = getattr(obj, part)
+            return obj
+        return super().find_class(module, name)
+
+
+def _loads(raw: bytes, start: int = 0, buffers=None):
+    """pickle.loads of raw[start:] (a view, no copy)."""
+    view = memoryview(raw)[start:] if start else raw
+    if _context.in_worker and b"__main__" in raw:
+        return _MainUnpickler(io.BytesIO(view), buffers=buffers).load()
+    return pickle.loads(view, buffers=buffers)
+
+
 def loads(data, arena: Arena):
     """Inverse of `dumps`; the blocks it names stay held by the blob."""
     prev = getattr(shared._tls, "arena", None)
     shared._tls.arena = arena
     try:
         if data[:4] != EXT_MAGIC:
-            return pickle.loads(data)
+            return _loads(data)
         _, oob, pos = _ext_blocks(data)
         buffers = [shared.lease_block(arena, off, n, bool(ro)) for off, n, ro in oob]
-        return pickle.loads(memoryview(data)[pos:], buffers=buffers)
+        return _loads(data, pos, buffers)
     finally:
         shared._tls.arena = prev
 
