@@ -154,6 +154,7 @@ queue_root(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, PyObject *fu
         return NULL;
     }
     uint64_t ref = commit_record(rec, idx, fid, flags, 0);
+    KILL_POINT(INJECT_AFTER_COMMIT);
     if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
         Py_DECREF(key);
         return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
@@ -248,6 +249,7 @@ settle_record(Shared *s, char *rec, uint64_t ref, uint64_t status, a64 *cur)
 {
     uint64_t parent = atomic_load_explicit((a64 *)(rec + R_PARENT), memory_order_relaxed);
     atomic_store_explicit((a64 *)(rec + R_STATE), (status << 32) | (ref >> 32), memory_order_release);
+    KILL_POINT(SETTLE_AFTER_STATUS);
     atomic_store_explicit(cur, 0, memory_order_relaxed);
     return route(s, ref, parent);
 }
@@ -275,6 +277,7 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
                                                  ((uint64_t)S_RUNNING << 32) | gen,
                                                  memory_order_acq_rel, memory_order_acquire))
         Py_RETURN_NONE;
+    KILL_POINT(CLAIM_AFTER_CAS);
     /* Relaxed: read only by the supervisor after this process has died. */
     atomic_store_explicit(cur, ref, memory_order_relaxed);
     /* Relaxed: no child exists yet; children see these through the release
@@ -318,6 +321,7 @@ route(Shared *s, uint64_t ref, uint64_t parent)
             PyErr_SetString(PyExc_RuntimeError, "completion queue full (broken invariant)");
             return -1;
         }
+        KILL_POINT(ROUTE_AFTER_PUSH);
         wake_one(s, H_COLLECTOR_SLEEPERS, H_COLLECTOR, 4, 1, 0);
         return 0;
     }
@@ -407,6 +411,7 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     *p = 1;
     if (pack_one(args[1], p + 1, p + INLINE_SIZE) < 0)
         Py_RETURN_FALSE;
+    KILL_POINT(FINISH_AFTER_RESULT);
     atomic_store_explicit(flags, (f | F_ARGS_CONSUMED) & ~F_RESULT_BLOB, memory_order_relaxed);
     if (settle_record(s, rec, ref, S_DONE, cur) < 0)
         return NULL;
@@ -427,11 +432,13 @@ queue_child(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, Py_ssize_t 
      * decrements of the children, which this increment happens-before (it
      * precedes the release push that lets the child run). */
     atomic_fetch_add_explicit((a32 *)(tbase + pidx * RECORD_SIZE + R_JOIN), 1, memory_order_relaxed);
+    KILL_POINT(SPAWN_AFTER_COUNT);
     uint64_t ref = commit_record(tbase + idx * RECORD_SIZE, idx, fid, flags, parent);
     if (!cl_push(dq, dmask, ref) && !mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
         PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
         return 0;
     }
+    KILL_POINT(SPAWN_AFTER_PUSH);
     wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
     return ref;
 }
@@ -512,6 +519,7 @@ S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     int64_t ref = cl_pop(dq, dmask);
     if (ref <= 0)
         return PyLong_FromLong(0);
+    KILL_POINT(POP_CHILD_AFTER_POP);
     Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
     if (idx < 0 || idx >= g->capacity)
         return PyErr_Format(PyExc_RuntimeError, "corrupt ref %lld in deque", (long long)ref);
@@ -555,6 +563,7 @@ S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         int64_t ref = mq_pop(ring, mask);
         if (ref == R_EMPTY)
             break;
+        KILL_POINT(COLLECT_AFTER_POP);
         Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
         char *rec = tbase + idx * RECORD_SIZE;
         a64 *state = (a64 *)(rec + R_STATE);
@@ -667,8 +676,10 @@ S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     }
     if (n == 0)
         return Py_BuildValue("(Ln)", (long long)R_EMPTY, (Py_ssize_t)0);
+    KILL_POINT(TAKE_BATCH_AFTER_POP);
     if (mark_taken(s, args, nargs, 3, refs[0]) < 0)
         return NULL;  /* a bad offset: a bug in the caller, caught in tests */
+    KILL_POINT(TAKE_BATCH_AFTER_MARK);
     for (Py_ssize_t i = n - 1; i >= 1; i--)
         if (!cl_push(dq, dmask, (uint64_t)refs[i]) && !mq_push(q, qmask, (uint64_t)refs[i]))
             return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
@@ -692,6 +703,7 @@ S_token_give(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     atomic_store_explicit(flags, atomic_load_explicit(flags, memory_order_relaxed) | (uint32_t)flag,
                           memory_order_relaxed);
+    KILL_POINT(TOKEN_GIVE_AFTER_MARK);
     return PyLong_FromUnsignedLong(atomic_fetch_sub_explicit(join, 1, memory_order_acq_rel));
 }
 

@@ -23,7 +23,7 @@ import time
 
 from greenlet import getcurrent, greenlet
 
-from .. import _context, _core, config
+from .. import _context, _core, _killpoints, config
 from .._proc import process_alive
 from ..shm.arena import Arena
 from ..shm.layout import (
@@ -81,6 +81,7 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     # handles it and shuts us down; a worker that died of it would lose work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (fork)
+    _killpoints.arm("worker", wid)  # PENNY_KILL_AT (docs/crash-model.md); nothing when unset
     region = handle.attach()
     _context.forget_in_worker()  # after attach: under fork our descriptor is the parent's copy
     watch_parent(region.main_pid)
@@ -218,6 +219,8 @@ class Worker:
             self.not_claimed(ref)
             return
         fid, flags, args = item
+        if _killpoints.ARMED:
+            _killpoints.hit("run_task.after_claim")
         fork = self.fork
         outer = fork.task
         fork.task = ref
@@ -232,6 +235,8 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
             value, failed = exc, True
             del exc
+        if _killpoints.ARMED:
+            _killpoints.hit("run_task.after_run")
         if ref in fork.published or fork.live():
             err = fork.end_task(ref)  # implicit sync: children finish before their parent
             if err is not None and not failed:
@@ -275,6 +280,8 @@ class Worker:
         # From here on the arguments are gone: a crash is no longer retried.
         flags |= F_ARGS_CONSUMED
         tasks.set_flags(rec, flags)
+        if _killpoints.ARMED:
+            _killpoints.hit("finish_slow.after_consumed")
         marshal.release_args(tasks, arena, rec, flags)
         if not failed:
             try:
@@ -286,6 +293,8 @@ class Worker:
             rflags = marshal.encode_exception(tasks, arena, rec, value)
         value = None
         tasks.set_flags(rec, (flags & ~F_RESULT_BLOB) | rflags)
+        if _killpoints.ARMED:
+            _killpoints.hit("finish_slow.after_result")
         # Status (release: the result first), current cleared, routed: one call.
         s.settle(ref, S_FAILED if failed else S_DONE, self.current)
 
@@ -297,12 +306,16 @@ class Worker:
         ref = tasks.alloc()
         if not ref:
             return 0
+        if _killpoints.ARMED:
+            _killpoints.hit("spawn_slow.after_alloc")
         rec = tasks.record(ref)
         try:
             flags = marshal.encode_args(tasks, self.arena, rec, args, kwargs)
         except BaseException:
             tasks.free(ref)
             raise
+        if _killpoints.ARMED:
+            _killpoints.hit("spawn_slow.after_encode")
         try:
             return self.s.enqueue_child(ref, fid, flags, parent, self.own)
         except BaseException:
@@ -348,6 +361,8 @@ class Worker:
         ref, n = s.take_batch(inj, want, self.own, self.current)
         if not n:
             return _EMPTY
+        if _killpoints.ARMED:
+            _killpoints.hit("take_injected.after_take")
         self.counts["injected"] += n
         if self.tracing:
             self.trace.emit(INJECTED, n)

@@ -23,7 +23,7 @@ scans, its CAS succeeds, and step 4 fails or step 5 returns.
 
 from __future__ import annotations
 
-from .. import _core
+from .. import _core, _killpoints
 
 AWAKE = _core.AWAKE
 SLEEPY = _core.SLEEPY
@@ -47,12 +47,16 @@ class Parker:
         first.  Returns True if a publisher notified us."""
         s = self.s
         s.store32(self.state, SLEEPY, _core.SEQ_CST)           # 1: SeqCst, see module doc
+        if _killpoints.ARMED:
+            _killpoints.hit("park.announce")
         s.fetch_add32(self.sleepers, 1, _core.SEQ_CST)         # 2: pairs with the publisher's fence
         try:
             if not has_work():                                  # 3
                 ok, _ = s.cas32(self.state, SLEEPY, SLEEPING, _core.ACQ_REL)  # 4
                 if ok:
                     s.futex_wait(self.state, SLEEPING, timeout)  # 5
+                    if _killpoints.ARMED:
+                        _killpoints.hit("park.after_wait")
         finally:
             # 6: AcqRel exchange: if a publisher notified us, its published
             # work happens-before what we do next.
