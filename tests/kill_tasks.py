@@ -109,9 +109,10 @@ def _not_free(sched):
     return [(ref, st) for ref, st in (t.ref_at(i) for i in range(t.capacity)) if st != S_FREE]
 
 
-def _sleepers_match(sched):
-    """The sleeper count equals the workers announced as sleepers (three
-    samples in a row), within 10 s."""
+def _sleepers_excess(sched):
+    """The sleeper count minus the workers whose parking word is not AWAKE,
+    once every worker is parked (both unchanged over five samples), within
+    10 s; [excess, (count, parked)] or [None, last sample]."""
     from penny import _core
     from penny.shm.layout import H_SLEEPERS
 
@@ -119,17 +120,18 @@ def _sleepers_match(sched):
     end = time.monotonic() + 10
     seen = None
     while time.monotonic() < end:
-        ok = 0
-        for _ in range(3):
+        samples = []
+        for _ in range(5):
             n = s.load32(H_SLEEPERS, _core.SEQ_CST)
             parked = sum(s.load32(lay.state(w), _core.SEQ_CST) != _core.AWAKE for w in range(lay.workers))
-            seen = (n, parked)
-            ok += n == parked
+            samples.append((n, parked))
             time.sleep(0.01)
-        if ok == 3:
-            return [True, seen]
+        seen = samples[-1]
+        if len(set(samples)) == 1 and seen[1] == lay.workers:
+            n = seen[0] if seen[0] < 1 << 31 else seen[0] - (1 << 32)
+            return [n - seen[1], seen]
         time.sleep(0.05)
-    return [False, seen]
+    return [None, seen]
 
 
 def main(method: str, outdir: str) -> None:
@@ -170,7 +172,7 @@ def main(method: str, outdir: str) -> None:
         while _not_free(sched) and time.monotonic() < end:
             time.sleep(0.05)
         out["not_free"] = _not_free(sched)
-        out["sleepers"] = _sleepers_match(sched)
+        out["sleepers"] = _sleepers_excess(sched)
         out["crashes"] = sched._supervisor.crashes
         pids.update(h.worker_pids(sched))
     finally:

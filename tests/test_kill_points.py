@@ -119,7 +119,10 @@ def test_worker_killed_at(point, method, tmp_path):
     assert out["pool_whole"], "the supervisor did not replace the dead worker"
     assert out["usable"] == ["ok", kt.root_value(9999)]
     assert out["not_free"] == [], f"task records leaked (ref, status): {out['not_free'][:10]}"
-    assert out["sleepers"][0], f"sleeper count != parked workers: (count, parked) = {out['sleepers'][1]}"
+    # The sleeper count is exact, except after a death between its two
+    # announcement steps: one high (documented, harmless), never low.
+    excess = 1 if point == "park.announce" else 0
+    assert out["sleepers"][0] == excess, f"sleeper count - parked workers: {out['sleepers']}, expected {excess}"
     assert out["left_processes"] == []
     assert _penny_shm_new(before) == []
 

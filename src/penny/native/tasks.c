@@ -273,18 +273,25 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     uint64_t gen = ref >> 32;
     uint64_t exp = ((uint64_t)S_QUEUED << 32) | gen;
+    /* Owner, join and current are stored BEFORE the CAS that makes the task
+     * RUNNING, so that a RUNNING record always names the worker it runs on:
+     * a supervisor finding us dead right after the CAS finds the task by its
+     * owner (recovery.dead_tasks) and its join of 1 (crash-model.md,
+     * "claim").  Storing them on a QUEUED record is safe: we hold its only
+     * ref (taken from a queue, marked in `cur`); nobody reads owner or join
+     * of a QUEUED record, and a cancelled one (failed CAS below) is freed by
+     * the collector without reading them.  Relaxed: published to children by
+     * the CAS's release half (and their own spawn's release push); the
+     * supervisor reads them after our death.  join starts at 1: the running
+     * task's token (docs/protocols.md, "suspend"). */
+    atomic_store_explicit(cur, ref, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_OWNER), (uint32_t)wid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_JOIN), 1, memory_order_relaxed);
     if (!atomic_compare_exchange_strong_explicit((a64 *)(rec + R_STATE), &exp,
                                                  ((uint64_t)S_RUNNING << 32) | gen,
                                                  memory_order_acq_rel, memory_order_acquire))
         Py_RETURN_NONE;
     KILL_POINT(CLAIM_AFTER_CAS);
-    /* Relaxed: read only by the supervisor after this process has died. */
-    atomic_store_explicit(cur, ref, memory_order_relaxed);
-    /* Relaxed: no child exists yet; children see these through the release
-     * push of their own spawn.  join starts at 1: the running task's token
-     * (see fibers.py, "suspend"). */
-    atomic_store_explicit((a32 *)(rec + R_OWNER), (uint32_t)wid, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + R_JOIN), 1, memory_order_relaxed);
     uint32_t fid = atomic_load_explicit((a32 *)(rec + R_FN), memory_order_relaxed);
     uint32_t flags = atomic_load_explicit((a32 *)(rec + R_FLAGS), memory_order_relaxed);
     PyObject *a;
@@ -407,12 +414,21 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
     if (f & F_ARGS_BLOB)
         Py_RETURN_FALSE;  /* its argument blob must be freed first: the Python path */
+    /* The inline arguments are about to be overwritten (even if the value
+     * then does not fit and finish_slow takes over): mark them consumed
+     * first, so that a supervisor finding us dead from here on never retries
+     * the task on what is left of them (crash-model.md, "finish").  Relaxed:
+     * the flags word is ours while the task runs, and the supervisor reads it
+     * only after our death; the signal fence keeps the compiler from sinking
+     * this store below the writes of the inline area (program order is all a
+     * post-mortem reader needs). */
+    atomic_store_explicit(flags, (f | F_ARGS_CONSUMED) & ~F_RESULT_BLOB, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst);
     char *p = rec + R_INLINE;
     *p = 1;
     if (pack_one(args[1], p + 1, p + INLINE_SIZE) < 0)
         Py_RETURN_FALSE;
     KILL_POINT(FINISH_AFTER_RESULT);
-    atomic_store_explicit(flags, (f | F_ARGS_CONSUMED) & ~F_RESULT_BLOB, memory_order_relaxed);
     if (settle_record(s, rec, ref, S_DONE, cur) < 0)
         return NULL;
     Py_RETURN_TRUE;

@@ -3,8 +3,8 @@
 The protocol (docs/protocols.md has the proof sketch):
 
 Sleeper (a worker with nothing to do, or the main process's collector):
-  1. state := SLEEPY                          (SeqCst store)
-  2. sleepers += 1                            (SeqCst RMW)
+  1. sleepers += 1                            (SeqCst RMW)
+  2. state := SLEEPY                          (SeqCst store)
   3. look for work once more; if found, undo and go back to work
   4. CAS state SLEEPY -> SLEEPING             (fails if a publisher notified us)
   5. futex_wait(state, SLEEPING, timeout)     (returns at once if state moved)
@@ -15,10 +15,20 @@ Publisher (after making work visible with a release operation):
   b. for each parking word: CAS SLEEPY/SLEEPING -> NOTIFIED; on success,
      futex_wake it if it was SLEEPING, and stop (wake one).
 
-No lost wake-up: by the two SeqCst operations (2 and a), either the
+No lost wake-up: by the SeqCst operations (1, 2 and a), either the
 sleeper's re-check (3) sees the work, or the publisher's load (a) sees the
 sleeper counted; then the sleeper is SLEEPY or SLEEPING when the publisher
-scans, its CAS succeeds, and step 4 fails or step 5 returns.
+scans, its CAS succeeds, and step 4 fails or step 5 returns; or it is still
+AWAKE (between 1 and 2), and then its SLEEPY store (2) comes after the
+publisher's fence in the SeqCst order, so its re-check (3) sees the work.
+
+Counted before SLEEPY, AWAKE before uncounted: a word that is not AWAKE is
+always counted, so the supervisor's repair for a dead sleeper (decrement iff
+its word is not AWAKE) never takes the count below the truth.  A death in
+the one-instruction windows between 1 and 2, or between the two halves of 6,
+leaves the count one high: publishers then scan the words once per publish
+and find nobody, a cost, never a lost or late wake-up
+(docs/crash-model.md, "park").
 """
 
 from __future__ import annotations
@@ -46,10 +56,14 @@ class Parker:
         """Sleep until notified or `timeout` s, unless `has_work()` turns true
         first.  Returns True if a publisher notified us."""
         s = self.s
-        s.store32(self.state, SLEEPY, _core.SEQ_CST)           # 1: SeqCst, see module doc
+        # Counted first, then SLEEPY; AWAKE first, then uncounted: a parking
+        # word that is not AWAKE always means "counted", so the supervisor's
+        # repair for a dead sleeper (decrement iff its word is not AWAKE) is
+        # never one too many (docs/crash-model.md, "park").
+        s.fetch_add32(self.sleepers, 1, _core.SEQ_CST)         # 1: pairs with the publisher's fence
         if _killpoints.ARMED:
             _killpoints.hit("park.announce")
-        s.fetch_add32(self.sleepers, 1, _core.SEQ_CST)         # 2: pairs with the publisher's fence
+        s.store32(self.state, SLEEPY, _core.SEQ_CST)           # 2: SeqCst, see module doc
         try:
             if not has_work():                                  # 3
                 ok, _ = s.cas32(self.state, SLEEPY, SLEEPING, _core.ACQ_REL)  # 4
