@@ -77,7 +77,7 @@ def tree(tid, depth, path=0):
     return penny.sync(x) + penny.sync(y)
 
 
-HANG_AFTER = 90.0  # seconds for all of a case's futures together: then "hang"
+HANG_AFTER = 60.0  # seconds for all of a case's futures together: then "hang"
 _deadline = [0.0]
 
 
@@ -161,12 +161,15 @@ def main(method: str, outdir: str) -> None:
             if o[0] == "ok":
                 o[1] = "right" if o[1] == big_value(t) else "WRONG"
         out["results"] = res
+        out["hung"] = hung = any(o[0] == "hang" for r in res.values() for o in r.values())
+        if hung:  # the test fails on it; the checks below would only wait longer
+            return
         end = time.monotonic() + 60
         while len(_live(sched)) < sched.workers and time.monotonic() < end:
             time.sleep(0.05)
         out["pool_whole"] = len(_live(sched)) == sched.workers
         pids.update(h.worker_pids(sched))
-        _deadline[0] = time.monotonic() + 60
+        _deadline[0] = time.monotonic() + 30
         out["usable"] = _outcome(sched.submit(effect, 9999, 1, 2, 3))
         end = time.monotonic() + 15
         while _not_free(sched) and time.monotonic() < end:
@@ -176,12 +179,14 @@ def main(method: str, outdir: str) -> None:
         out["crashes"] = sched._supervisor.crashes
         pids.update(h.worker_pids(sched))
     finally:
-        sched.shutdown(wait=True)
+        hung = out.get("hung", True)
+        sched.shutdown(wait=not hung, cancel_futures=hung)
+        pids.update(h.worker_pids(sched))
         left = h.wait_gone(pids, timeout=20)
         h.kill_all(left)
         out["left_processes"] = left
-    with open(os.path.join(outdir, "result.json"), "w") as f:
-        json.dump(out, f)
+        with open(os.path.join(outdir, "result.json"), "w") as f:
+            json.dump(out, f)
 
 
 if __name__ == "__main__":

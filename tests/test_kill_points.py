@@ -94,6 +94,7 @@ def test_worker_killed_at(point, method, tmp_path):
         out = json.load(f)
     res = out["results"]
     eff = _effects(outdir)
+    assert not out["hung"], f"futures never resolved: {[(k, t) for k, r in res.items() for t, o in r.items() if o[0] == 'hang']}"
     # Right value or the documented error, for every task.
     for tid, (kind, v) in res["root"].items():
         assert kind in ("ok", "crashed"), (tid, kind, v)
@@ -170,3 +171,73 @@ def test_every_point_is_in_the_crash_model():
         text = f.read()
     missing = [p for p in _killpoints.ALL_POINTS if f"`{p}`" not in text]
     assert not missing, f"kill points not described in docs/crash-model.md: {missing}"
+
+
+# ---- collect treats the completion ring's words as untrusted ----
+
+_COLLECT_SCRIPT = r"""
+import mmap
+from penny import _core
+from penny.shm import layout
+lay = layout.Layout(workers=2, deque_capacity=8, task_capacity=8, function_slots=4, arena_size=1 << 16)
+m = mmap.mmap(-1, lay.size)
+s = _core.Shared(m)
+layout.bind(s, lay)
+s.queue_init(lay.completions, lay.task_capacity)
+# Record 0 says DONE (generation 0) with an inline result count of 0.
+s.store64(lay.tasks + layout.R_STATE, layout.S_DONE << 32, _core.RELEASE)
+s.write_bytes(lay.tasks + layout.R_INLINE, bytes(layout.INLINE_SIZE))
+for bad in (lay.task_capacity + 3, 1 << 32, 1):   # past the table, index -1, then the count-0 record
+    assert s.queue_push(lay.completions, bad)
+fast, slow = s.collect(16, {})
+print(repr((fast, slow)))
+"""
+
+
+def test_collect_survives_bad_refs_and_a_zero_result_count():
+    p = subprocess.run([sys.executable, "-c", _COLLECT_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    assert p.returncode == 0, f"collect crashed: rc={p.returncode}\n{p.stderr[-2000:]}"
+    # The refs naming no record are dropped; the count-0 record goes to
+    # Python's path (which reports an unreadable outcome), not decoded.
+    assert p.stdout.strip() == "([], [1])"
+
+
+# ---- the arena's large-area lock, taken over from a holder killed in _link ----
+
+_ARENA_SCRIPT = r"""
+import os
+from penny import _killpoints
+from penny.shm.arena import Arena
+from penny.shm.layout import Layout
+from penny.shm.region import Region
+
+r = Region.create(Layout(workers=1, deque_capacity=8, task_capacity=16, function_slots=4,
+                         arena_size=1 << 16, large_size=64 << 20))
+try:
+    a = Arena(r.shared, r.layout, r.fd, r.map)
+    BIG = 1 << 20
+    x, m, y, z = (a.alloc(BIG) for _ in range(4))   # y is not next to x, nor the top
+    a.free(x)                                        # x: the head of the free list
+    pid = os.fork()
+    if pid == 0:                                     # dies in _link(y), holding the lock
+        os.environ["PENNY_KILL_AT"] = "worker:arena.in_link:1"
+        _killpoints.arm("worker", 0)
+        Arena(r.shared, r.layout, r.fd, r.map).free(y)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status), status
+    b1 = a.alloc(BIG)
+    b2 = a.alloc(BIG)
+    a.put(b"1" * 10)  # the arena still works
+    print("distinct" if b1 != b2 and len({b1, b2, m, z}) == 4 else f"twice: {b1} {b2} (m={m} z={z})")
+finally:
+    r.close()
+"""
+
+
+def test_arena_takeover_after_death_in_link_never_hands_an_extent_out_twice():
+    p = subprocess.run([sys.executable, "-c", _ARENA_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                       timeout=240, env={**os.environ, "PYTHONPATH": ROOT})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "distinct"

@@ -553,6 +553,9 @@ S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(0);
 }
 
+/* Refs popped by collect that named no record (corrupt ring words). */
+static uint64_t s_collect_dropped = 0;
+
 /* collect(max, futures) -> (fast, slow).  Collector: pop up to `max` finished
  * refs.  A DONE task with an inline result is decoded, its record freed and
  * (future, value) appended to `fast` (the future popped from `futures`; None
@@ -580,7 +583,13 @@ S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         if (ref == R_EMPTY)
             break;
         KILL_POINT(COLLECT_AFTER_POP);
+        /* The ring's words are untrusted: a ref that names no record is
+         * dropped (counted in collect_dropped), never dereferenced. */
         Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
+        if (ref <= 0 || idx < 0 || idx >= g->capacity) {
+            s_collect_dropped++;
+            continue;
+        }
         char *rec = tbase + idx * RECORD_SIZE;
         a64 *state = (a64 *)(rec + R_STATE);
         /* Acquire: pairs with the worker's release of the status. */
@@ -603,6 +612,17 @@ S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         PyObject *tup = (off && cap) ? S_unpack_inline(s, argv, 2) : NULL;
         Py_XDECREF(off);
         Py_XDECREF(cap);
+        if (tup && PyTuple_GET_SIZE(tup) != 1) {
+            /* Not one value (a corrupt count byte, 0 say): Python's path
+             * reports it on the future as an unreadable outcome and frees
+             * the record. */
+            Py_DECREF(tup);
+            int rc = PyList_Append(slow, key);
+            Py_DECREF(key);
+            if (rc < 0)
+                goto fail;
+            continue;
+        }
         /* Free the record: the next generation, then the release CAS of the
          * free list publishes it. */
         atomic_store_explicit(state, ((uint64_t)S_FREE << 32) | ((((uint64_t)ref >> 32) + 1) & GEN_MASK),
