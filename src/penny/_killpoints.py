@@ -14,10 +14,16 @@ Switched on by the environment only::
                                   the point dies (it creates PATH, O_EXCL);
                                   a replacement worker with the same
                                   environment goes on
+    PENNY_KILL_LOG=PATH           optional: the dying process appends
+                                  "PID MONOTONIC-SECONDS NAME" there first
 
 ROLE is ``worker`` (any worker process), ``worker<K>`` (worker K only) or
 ``main`` (the process that made the scheduler; its own steps are inject and
 collect).  N >= 1: the N-th pass of the point in that process dies.
+
+For soaks (scripts/soak.py) NAME may list several points, ``a|b|c``, and N
+may be a range, ``LO-HI``: each process that arms picks one point and one N
+at random, so every worker life (replacements included) dies somewhere else.
 
 Cost when off: a C point is one load of a static int and a predicted branch;
 a Python point is ``if _killpoints.ARMED:``, one module attribute load.  An
@@ -57,27 +63,36 @@ ALL_POINTS = C_POINTS + PY_POINTS
 ARMED: str | None = None
 _left = 0
 _once: str | None = None
+_log: str | None = None
 
 
-def parse(spec: str) -> tuple[str, str, int]:
-    """(role, name, n) of a PENNY_KILL_AT value; ValueError when malformed."""
+def parse(spec: str, rng=None) -> tuple[str, str, int]:
+    """(role, name, n) of a PENNY_KILL_AT value (a list of names or a range
+    of N resolved with `rng`, a random.Random); ValueError when malformed."""
     parts = spec.split(":")
     if len(parts) != 3:
         raise ValueError(f"PENNY_KILL_AT={spec!r}: expected ROLE:NAME:N")
-    role, name, n = parts
+    role, names, n = parts
     if role != "main" and not (role.startswith("worker") and (role == "worker" or role[6:].isdigit())):
         raise ValueError(f"PENNY_KILL_AT={spec!r}: ROLE is main, worker or worker<K>")
-    if name not in ALL_POINTS:
-        raise ValueError(f"PENNY_KILL_AT={spec!r}: no kill point named {name!r} (known: {', '.join(ALL_POINTS)})")
-    if not n.isdigit() or int(n) < 1:
-        raise ValueError(f"PENNY_KILL_AT={spec!r}: N is an integer >= 1")
-    return role, name, int(n)
+    for name in names.split("|"):
+        if name not in ALL_POINTS:
+            raise ValueError(f"PENNY_KILL_AT={spec!r}: no kill point named {name!r} (known: {', '.join(ALL_POINTS)})")
+    lo, _, hi = n.partition("-")
+    if not lo.isdigit() or int(lo) < 1 or (hi and (not hi.isdigit() or int(hi) < int(lo))):
+        raise ValueError(f"PENNY_KILL_AT={spec!r}: N is an integer >= 1 or a range LO-HI")
+    if rng is None:
+        import random
+
+        rng = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
+    name = rng.choice(names.split("|"))
+    return role, name, rng.randint(int(lo), int(hi or lo))
 
 
 def arm(role: str, wid: int | None = None) -> str | None:
     """Arm this process's point from the environment if ROLE names it (`role`
     is "main" or "worker", `wid` the worker's index).  The name armed, or None."""
-    global ARMED, _left, _once
+    global ARMED, _left, _once, _log
     spec = os.environ.get("PENNY_KILL_AT")
     if not spec:
         return None
@@ -85,10 +100,11 @@ def arm(role: str, wid: int | None = None) -> str | None:
     if want != role and not (role == "worker" and want == f"worker{wid}"):
         return None
     once = os.environ.get("PENNY_KILL_ONCE") or None
+    log = os.environ.get("PENNY_KILL_LOG") or None
     if name in C_POINTS:
-        _core.arm_kill_point(name, n, once)
+        _core.arm_kill_point(name, n, once, log)
     else:
-        ARMED, _left, _once = name, n, once
+        ARMED, _left, _once, _log = name, n, once, log
     return name
 
 
@@ -106,4 +122,10 @@ def hit(name: str) -> None:
             os.close(os.open(_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
             return
+    if _log is not None:
+        import time
+
+        fd = os.open(_log, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+        os.write(fd, f"{os.getpid()} {time.monotonic():.9f} {name}\n".encode())
+        os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)

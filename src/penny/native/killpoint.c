@@ -50,6 +50,8 @@ static const char *const kp_names[KP_COUNT] = {
 static int kp_armed = KP_NONE;
 static long kp_left = 0;
 static char kp_once[1024];
+static char kp_log[1024];
+static int kp_which = KP_NONE;
 
 static void
 kp_fire(void)
@@ -63,6 +65,20 @@ kp_fire(void)
             return; /* someone died here already */
         close(fd);
     }
+    if (kp_log[0]) { /* "pid monotonic-seconds name\n", one O_APPEND write */
+        int fd = open(kp_log, O_CREAT | O_APPEND | O_WRONLY | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            char line[256];
+            int n = snprintf(line, sizeof line, "%d %lld.%09ld %s\n", (int)getpid(), (long long)ts.tv_sec,
+                             (long)ts.tv_nsec, kp_names[kp_which]);
+            if (n > 0 && write(fd, line, (size_t)n) < 0) {
+                /* nothing to do: the kill happens anyway */
+            }
+            close(fd);
+        }
+    }
     kill(getpid(), SIGKILL);
     for (;;)
         pause();
@@ -74,15 +90,16 @@ kp_fire(void)
             kp_fire();                                     \
     } while (0)
 
-/* arm_kill_point(name, n, once_path=None) -> bool: arm the C point `name`
- * to fire at its n-th pass (n >= 1); False if no C point has that name.
- * arm_kill_point(None, 0) disarms. */
+/* arm_kill_point(name, n, once_path=None, log_path=None) -> bool: arm the C
+ * point `name` to fire at its n-th pass (n >= 1); False if no C point has
+ * that name.  `log_path`: append "pid time name" there before dying.
+ * arm_kill_point(None) disarms. */
 static PyObject *
 M_arm_kill_point(PyObject *self, PyObject *args)
 {
-    const char *name = NULL, *once = NULL;
+    const char *name = NULL, *once = NULL, *logp = NULL;
     long n = 1;
-    if (!PyArg_ParseTuple(args, "z|lz:arm_kill_point", &name, &n, &once))
+    if (!PyArg_ParseTuple(args, "z|lzz:arm_kill_point", &name, &n, &once, &logp))
         return NULL;
     if (!name) {
         kp_armed = KP_NONE;
@@ -92,16 +109,20 @@ M_arm_kill_point(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "arm_kill_point: n must be >= 1");
         return NULL;
     }
-    if (once && strlen(once) >= sizeof kp_once) {
-        PyErr_SetString(PyExc_ValueError, "arm_kill_point: once_path too long");
+    if ((once && strlen(once) >= sizeof kp_once) || (logp && strlen(logp) >= sizeof kp_log)) {
+        PyErr_SetString(PyExc_ValueError, "arm_kill_point: path too long");
         return NULL;
     }
     for (int i = 1; i < KP_COUNT; i++) {
         if (strcmp(kp_names[i], name) == 0) {
             kp_once[0] = 0;
+            kp_log[0] = 0;
             if (once)
                 strcpy(kp_once, once);
+            if (logp)
+                strcpy(kp_log, logp);
             kp_left = n;
+            kp_which = i;
             kp_armed = i;
             Py_RETURN_TRUE;
         }

@@ -242,16 +242,21 @@ static int route(Shared *s, uint64_t ref, uint64_t parent);
 /* The last step of finishing a task whose outcome is written: read the parent
  * (relaxed: written by the spawner before the release that published us; read
  * before the status store, after which the record may be freed), store the
- * status (release: the outcome is visible to whoever acquires it), clear
- * the worker's current word, route the task. */
+ * status (release: the outcome is visible to whoever acquires it), route the
+ * task, and only then clear the worker's current word: a supervisor that
+ * finds a settled root task in `current` routes it again, and collect drops
+ * the second completion of a ref (crash-model.md, "settle").  Relaxed
+ * store of `cur`: read only by the supervisor after our death. */
 static int
 settle_record(Shared *s, char *rec, uint64_t ref, uint64_t status, a64 *cur)
 {
     uint64_t parent = atomic_load_explicit((a64 *)(rec + R_PARENT), memory_order_relaxed);
     atomic_store_explicit((a64 *)(rec + R_STATE), (status << 32) | (ref >> 32), memory_order_release);
     KILL_POINT(SETTLE_AFTER_STATUS);
+    int rc = route(s, ref, parent);
+    atomic_signal_fence(memory_order_seq_cst); /* the route's stores before the clear, for a post-mortem reader */
     atomic_store_explicit(cur, 0, memory_order_relaxed);
-    return route(s, ref, parent);
+    return rc;
 }
 
 /* claim(ref, current_off, wid) -> (fid, flags, args or None) or None.
@@ -595,10 +600,18 @@ S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         /* Acquire: pairs with the worker's release of the status. */
         uint64_t word = atomic_load_explicit(state, memory_order_acquire);
         uint32_t flags = atomic_load_explicit((a32 *)(rec + R_FLAGS), memory_order_relaxed);
+        if ((word & GEN_MASK) != ((uint64_t)ref >> 32)) {
+            /* Another generation: this ref was collected and its record
+             * freed already (a supervisor routed a settled task a second
+             * time, crash-model.md "settle").  Dropped: freeing it again
+             * would free someone else's record. */
+            s_collect_dropped++;
+            continue;
+        }
         PyObject *key = PyLong_FromLongLong(ref);
         if (!key)
             goto fail;
-        if ((word >> 32) != S_DONE || (word & GEN_MASK) != ((uint64_t)ref >> 32) ||
+        if ((word >> 32) != S_DONE ||
             (flags & (F_RESULT_BLOB | F_ARGS_BLOB))) {
             int rc = PyList_Append(slow, key);
             Py_DECREF(key);

@@ -49,6 +49,8 @@ from ..shm.layout import (
     F_DEAD,
     F_SUSPENDED,
     H_SLEEPERS,
+    S_DONE,
+    S_FAILED,
     S_QUEUED,
     W_CURRENT,
     W_PID,
@@ -149,10 +151,18 @@ class Supervisor:
         # and every other task whose frame lived in it (inline ancestors,
         # suspended continuations): they fail, once their children are done.
         cur = s.load64(sl + W_CURRENT, _core.RELAXED)
-        if cur and tasks.status(cur) == S_QUEUED:
+        cur_status = tasks.status(cur) if cur else -1  # -1: recycled (another generation)
+        if cur_status == S_QUEUED:
             # Taken (popped, stolen, batched: the take marks it) but not claimed:
             # no other process has it.  Queue it again; it did not start.
             s.queue_push(lay.injector, cur)
+            cur = 0
+        elif cur_status in (S_DONE, S_FAILED) and tasks.parent(tasks.record(cur)) == 0:
+            # Settled (settle clears `current` only after routing) and perhaps
+            # not routed: route it (again).  A second completion of one ref is
+            # dropped by collect (its generation is stale by then), so this
+            # never completes a future twice (docs/crash-model.md, "settle").
+            s.publish(cur, 0)
             cur = 0
         while s.queue_pop(lay.inbox(w)) > 0:
             pass  # continuations ready to resume: handled by the scan below
