@@ -52,6 +52,13 @@ NTH = collections.defaultdict(lambda: 1, {
 })
 
 
+#: Which worker dies (default: the first to pass the point N times).  Worker
+#: 1 at claim: a record's owner from its previous life is most often 0 (a
+#: fresh table), so only a death of worker 1 shows a claim that stored its
+#: owner after the CAS.
+ROLE = {"claim.after_cas": "worker1"}
+
+
 def _run(method, role, point, tmp_path):
     outdir = str(tmp_path)
     env = dict(os.environ)
@@ -82,11 +89,32 @@ def _penny_shm_new(before):
     return [n for n in set(os.listdir("/dev/shm")) - before if "penny" in n]
 
 
+#: The windows docs/crash-model.md lists as gaps (issue 12 item 6 and the
+#: token mark): each case is expected to fail, strictly, so a case that
+#: starts passing (a fix, or a workload that stopped reaching the point)
+#: fails the suite until this list is updated.
+GAPS = {
+    "take_batch.after_pop": "refs popped from the global ring are held only in a C local (item 6)",
+    "take_batch.after_mark": "all but the first ref of a batch are held only in a C local (item 6)",
+    "spawn.after_count": "a phantom child keeps the doomed parent from being reaped (item 6)",
+    "pop_child.after_pop": "a ref popped back from our own deque is lost (item 6)",
+    "token_give.after_mark": "F_SUSPENDED set with the token held: the task is never reaped",
+    "spawn_slow.after_alloc": "a record taken for a child and never committed leaks (item 6)",
+    "spawn_slow.after_encode": "a record taken for a child and never committed leaks (item 6)",
+}
+
+
+def _worker_cases():
+    for point in WORKER_POINTS:
+        for method in METHODS:
+            marks = [pytest.mark.xfail(strict=True, reason=GAPS[point])] if point in GAPS else []
+            yield pytest.param(point, method, marks=marks, id=f"{point}-{method}")
+
+
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("point", WORKER_POINTS)
+@pytest.mark.parametrize("point,method", list(_worker_cases()))
 def test_worker_killed_at(point, method, tmp_path):
-    p, outdir, before = _run(method, "worker1", point, tmp_path)
+    p, outdir, before = _run(method, ROLE.get(point, "worker"), point, tmp_path)
     detail = f"rc={p.returncode}\nstdout:{p.stdout[-2000:]}\nstderr:{p.stderr[-4000:]}"
     assert p.returncode == 0, detail
     assert os.path.exists(os.path.join(outdir, "fired")), f"the workload never passed {point}\n{detail}"
@@ -120,6 +148,7 @@ def test_worker_killed_at(point, method, tmp_path):
     assert out["pool_whole"], "the supervisor did not replace the dead worker"
     assert out["usable"] == ["ok", kt.root_value(9999)]
     assert out["not_free"] == [], f"task records leaked (ref, status): {out['not_free'][:10]}"
+    assert out["allocatable"] == out["capacity"], f"records off the free list: {out['capacity'] - out['allocatable']}"
     # The sleeper count is exact, except after a death between its two
     # announcement steps: one high (documented, harmless), never low.
     excess = 1 if point == "park.announce" else 0
@@ -241,3 +270,13 @@ def test_arena_takeover_after_death_in_link_never_hands_an_extent_out_twice():
                        timeout=240, env={**os.environ, "PYTHONPATH": ROOT})
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip() == "distinct"
+
+
+def test_every_gap_is_marked_in_the_crash_model():
+    with open(os.path.join(ROOT, "docs", "crash-model.md")) as f:
+        rows = {line.split("|")[1].strip().strip("`"): line for line in f if line.startswith("| `")}
+    for point in GAPS:
+        assert point in rows and "**Gap**" in rows[point], f"{point} is not marked as a gap in docs/crash-model.md"
+    for point, row in rows.items():
+        if "**Gap**" in row and point in WORKER_POINTS:
+            assert point in GAPS, f"docs/crash-model.md calls {point} a gap, but the matrix expects it to pass"

@@ -27,6 +27,7 @@ from .. import _context, _core, _killpoints, config
 from .._proc import process_alive
 from ..shm.arena import Arena
 from ..shm.layout import (
+    F_ARGS_BLOB,
     F_ARGS_CONSUMED,
     F_RESULT_BLOB,
     H_COLLECTOR,
@@ -292,7 +293,10 @@ class Worker:
         if failed:
             rflags = marshal.encode_exception(tasks, arena, rec, value)
         value = None
-        tasks.set_flags(rec, (flags & ~F_RESULT_BLOB) | rflags)
+        # F_ARGS_BLOB goes with the result's flag: the blob word now holds the
+        # result's blob (or 0), which a supervisor must not free as arguments
+        # (crash-model.md, "finish_slow").
+        tasks.set_flags(rec, (flags & ~(F_RESULT_BLOB | F_ARGS_BLOB)) | rflags)
         if _killpoints.ARMED:
             _killpoints.hit("finish_slow.after_result")
         # Status (release: the result first), current cleared, routed: one call.
