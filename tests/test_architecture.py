@@ -19,7 +19,7 @@ SRC = pathlib.Path(__file__).resolve().parent.parent / "src" / "penny"
 #: Lowest first.  A module may import modules of its own layer or a lower one.
 LAYERS = [
     ("ground", ("penny._core", "penny.errors", "penny.config", "penny._version", "penny._context",
-                "penny._proc")),
+                "penny._proc", "penny._killpoints")),
     ("shm", ("penny.shm",)),
     ("wire", ("penny.wire",)),
     ("trace", ("penny.trace",)),

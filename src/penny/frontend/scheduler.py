@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 
-from .. import _context, _core, config
+from .. import _context, _core, _killpoints, config
 from ..errors import (
     CorruptRegionError,
     PennyError,
@@ -177,6 +177,7 @@ class Scheduler(Frontend):
             # a single-threaded parent (Python 3.12+ warns otherwise).
             self._supervisor = Supervisor(self, multiprocessing.get_context(method), static, seed)
             self._supervisor.start_workers()
+            _killpoints.arm("main")  # PENNY_KILL_AT=main:... (docs/crash-model.md); nothing when unset
             self._collector.start()
             if self._own_recorder is not None:
                 self._own_recorder.start_draining()

@@ -32,6 +32,7 @@
  *     tagged_stack.h  the Treiber stack with a tagged head (ABA-safe), the
  *                     free list of task records and arena blocks
  *   CPython parts, in this order:
+ *     killpoint.c     named kill points (KILL_POINT, arm_kill_point)
  *     shared.c        the Shared object, its argument helpers, its life
  *     ops.c           the generic operations as methods: atomics, fences,
  *                     futexes, deque, ring, stack, notify, bytes, bump
@@ -61,6 +62,7 @@
 #include "mpmc_ring.h"
 #include "tagged_stack.h"
 
+#include "killpoint.c"
 #include "shared.c"
 #include "ops.c"
 #include "codec.c"

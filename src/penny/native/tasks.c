@@ -175,6 +175,7 @@ queue_root(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, PyObject *fu
         return NULL;
     }
     uint64_t ref = commit_record(rec, idx, fid, flags, 0);
+    KILL_POINT(INJECT_AFTER_COMMIT);
     if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
         Py_DECREF(key);
         return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
@@ -262,15 +263,21 @@ static int route(Shared *s, uint64_t ref, uint64_t parent);
 /* The last step of finishing a task whose outcome is written: read the parent
  * (relaxed: written by the spawner before the release that published us; read
  * before the status store, after which the record may be freed), store the
- * status (release: the outcome is visible to whoever acquires it), clear
- * the worker's current word, route the task. */
+ * status (release: the outcome is visible to whoever acquires it), route the
+ * task, and only then clear the worker's current word: a supervisor that
+ * finds a settled root task in `current` routes it again, and collect drops
+ * the second completion of a ref (crash-model.md, "settle").  Relaxed
+ * store of `cur`: read only by the supervisor after our death. */
 static int
 settle_record(Shared *s, char *rec, uint64_t ref, uint64_t status, a64 *cur)
 {
     uint64_t parent = atomic_load_explicit((a64 *)(rec + R_PARENT), memory_order_relaxed);
     atomic_store_explicit((a64 *)(rec + R_STATE), (status << 32) | (ref >> 32), memory_order_release);
+    KILL_POINT(SETTLE_AFTER_STATUS);
+    int rc = route(s, ref, parent);
+    atomic_signal_fence(memory_order_seq_cst); /* the route's stores before the clear, for a post-mortem reader */
     atomic_store_explicit(cur, 0, memory_order_relaxed);
-    return route(s, ref, parent);
+    return rc;
 }
 
 /* claim(ref, current_off, wid) -> (fid, flags, args or None) or None.
@@ -292,17 +299,25 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     uint64_t gen = ref >> 32;
     uint64_t exp = ((uint64_t)S_QUEUED << 32) | gen;
+    /* Owner, join and current are stored BEFORE the CAS that makes the task
+     * RUNNING, so that a RUNNING record always names the worker it runs on:
+     * a supervisor finding us dead right after the CAS finds the task by its
+     * owner (recovery.dead_tasks) and its join of 1 (crash-model.md,
+     * "claim").  Storing them on a QUEUED record is safe: we hold its only
+     * ref (taken from a queue, marked in `cur`); nobody reads owner or join
+     * of a QUEUED record, and a cancelled one (failed CAS below) is freed by
+     * the collector without reading them.  Relaxed: published to children by
+     * the CAS's release half (and their own spawn's release push); the
+     * supervisor reads them after our death.  join starts at 1: the running
+     * task's token (docs/protocols.md, "suspend"). */
+    atomic_store_explicit(cur, ref, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_OWNER), (uint32_t)wid, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_JOIN), 1, memory_order_relaxed);
     if (!atomic_compare_exchange_strong_explicit((a64 *)(rec + R_STATE), &exp,
                                                  ((uint64_t)S_RUNNING << 32) | gen,
                                                  memory_order_acq_rel, memory_order_acquire))
         Py_RETURN_NONE;
-    /* Relaxed: read only by the supervisor after this process has died. */
-    atomic_store_explicit(cur, ref, memory_order_relaxed);
-    /* Relaxed: no child exists yet; children see these through the release
-     * push of their own spawn.  join starts at 1: the running task's token
-     * (see fibers.py, "suspend"). */
-    atomic_store_explicit((a32 *)(rec + R_OWNER), (uint32_t)wid, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + R_JOIN), 1, memory_order_relaxed);
+    KILL_POINT(CLAIM_AFTER_CAS);
     uint32_t fid = atomic_load_explicit((a32 *)(rec + R_FN), memory_order_relaxed);
     uint32_t flags = atomic_load_explicit((a32 *)(rec + R_FLAGS), memory_order_relaxed);
     PyObject *a;
@@ -339,6 +354,7 @@ route(Shared *s, uint64_t ref, uint64_t parent)
             PyErr_SetString(PyExc_RuntimeError, "completion queue full (broken invariant)");
             return -1;
         }
+        KILL_POINT(ROUTE_AFTER_PUSH);
         wake_one(s, H_COLLECTOR_SLEEPERS, H_COLLECTOR, 4, 1, 0);
         return 0;
     }
@@ -424,11 +440,21 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     uint32_t f = atomic_load_explicit(flags, memory_order_relaxed);
     if (f & F_ARGS_BLOB)
         Py_RETURN_FALSE;  /* its argument blob must be freed first: the Python path */
+    /* The inline arguments are about to be overwritten (even if the value
+     * then does not fit and finish_slow takes over): mark them consumed
+     * first, so that a supervisor finding us dead from here on never retries
+     * the task on what is left of them (crash-model.md, "finish").  Relaxed:
+     * the flags word is ours while the task runs, and the supervisor reads it
+     * only after our death; the signal fence keeps the compiler from sinking
+     * this store below the writes of the inline area (program order is all a
+     * post-mortem reader needs). */
+    atomic_store_explicit(flags, (f | F_ARGS_CONSUMED) & ~F_RESULT_BLOB, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst);
     char *p = rec + R_INLINE;
     *p = 1;
     if (pack_one(args[1], p + 1, p + INLINE_SIZE) < 0)
         Py_RETURN_FALSE;
-    atomic_store_explicit(flags, (f | F_ARGS_CONSUMED) & ~F_RESULT_BLOB, memory_order_relaxed);
+    KILL_POINT(FINISH_AFTER_RESULT);
     if (settle_record(s, rec, ref, S_DONE, cur) < 0)
         return NULL;
     Py_RETURN_TRUE;
@@ -448,11 +474,13 @@ queue_child(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, Py_ssize_t 
      * decrements of the children, which this increment happens-before (it
      * precedes the release push that lets the child run). */
     atomic_fetch_add_explicit((a32 *)(tbase + pidx * RECORD_SIZE + R_JOIN), 1, memory_order_relaxed);
+    KILL_POINT(SPAWN_AFTER_COUNT);
     uint64_t ref = commit_record(tbase + idx * RECORD_SIZE, idx, fid, flags, parent);
     if (!cl_push(dq, dmask, ref) && !mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
         PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
         return 0;
     }
+    KILL_POINT(SPAWN_AFTER_PUSH);
     wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
     return ref;
 }
@@ -533,6 +561,7 @@ S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     int64_t ref = cl_pop(dq, dmask);
     if (ref <= 0)
         return PyLong_FromLong(0);
+    KILL_POINT(POP_CHILD_AFTER_POP);
     Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
     if (idx < 0 || idx >= g->capacity)
         return PyErr_Format(PyExc_RuntimeError, "corrupt ref %lld in deque", (long long)ref);
@@ -549,6 +578,9 @@ S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     cl_push(dq, dmask, (uint64_t)ref);
     return PyLong_FromLong(0);
 }
+
+/* Refs popped by collect that named no record (corrupt ring words). */
+static uint64_t s_collect_dropped = 0;
 
 /* collect(max, futures) -> (fast, slow).  Collector: pop up to `max` finished
  * refs.  A DONE task with an inline result is decoded, its record freed and
@@ -576,16 +608,31 @@ S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         int64_t ref = mq_pop(ring, mask);
         if (ref == R_EMPTY)
             break;
+        KILL_POINT(COLLECT_AFTER_POP);
+        /* The ring's words are untrusted: a ref that names no record is
+         * dropped (counted in collect_dropped), never dereferenced. */
         Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
+        if (ref <= 0 || idx < 0 || idx >= g->capacity) {
+            s_collect_dropped++;
+            continue;
+        }
         char *rec = tbase + idx * RECORD_SIZE;
         a64 *state = (a64 *)(rec + R_STATE);
         /* Acquire: pairs with the worker's release of the status. */
         uint64_t word = atomic_load_explicit(state, memory_order_acquire);
         uint32_t flags = atomic_load_explicit((a32 *)(rec + R_FLAGS), memory_order_relaxed);
+        if ((word & GEN_MASK) != ((uint64_t)ref >> 32)) {
+            /* Another generation: this ref was collected and its record
+             * freed already (a supervisor routed a settled task a second
+             * time, crash-model.md "settle").  Dropped: freeing it again
+             * would free someone else's record. */
+            s_collect_dropped++;
+            continue;
+        }
         PyObject *key = PyLong_FromLongLong(ref);
         if (!key)
             goto fail;
-        if ((word >> 32) != S_DONE || (word & GEN_MASK) != ((uint64_t)ref >> 32) ||
+        if ((word >> 32) != S_DONE ||
             (flags & (F_RESULT_BLOB | F_ARGS_BLOB))) {
             int rc = PyList_Append(slow, key);
             Py_DECREF(key);
@@ -599,6 +646,17 @@ S_collect(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         PyObject *tup = (off && cap) ? S_unpack_inline(s, argv, 2) : NULL;
         Py_XDECREF(off);
         Py_XDECREF(cap);
+        if (tup && PyTuple_GET_SIZE(tup) != 1) {
+            /* Not one value (a corrupt count byte, 0 say): Python's path
+             * reports it on the future as an unreadable outcome and frees
+             * the record. */
+            Py_DECREF(tup);
+            int rc = PyList_Append(slow, key);
+            Py_DECREF(key);
+            if (rc < 0)
+                goto fail;
+            continue;
+        }
         /* Free the record: the next generation, then the release CAS of the
          * free list publishes it. */
         atomic_store_explicit(state, ((uint64_t)S_FREE << 32) | ((((uint64_t)ref >> 32) + 1) & GEN_MASK),
@@ -688,8 +746,10 @@ S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     }
     if (n == 0)
         return Py_BuildValue("(Ln)", (long long)R_EMPTY, (Py_ssize_t)0);
+    KILL_POINT(TAKE_BATCH_AFTER_POP);
     if (mark_taken(s, args, nargs, 3, refs[0]) < 0)
         return NULL;  /* a bad offset: a bug in the caller, caught in tests */
+    KILL_POINT(TAKE_BATCH_AFTER_MARK);
     for (Py_ssize_t i = n - 1; i >= 1; i--)
         if (!cl_push(dq, dmask, (uint64_t)refs[i]) && !mq_push(q, qmask, (uint64_t)refs[i]))
             return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
@@ -713,6 +773,7 @@ S_token_give(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     atomic_store_explicit(flags, atomic_load_explicit(flags, memory_order_relaxed) | (uint32_t)flag,
                           memory_order_relaxed);
+    KILL_POINT(TOKEN_GIVE_AFTER_MARK);
     return PyLong_FromUnsignedLong(atomic_fetch_sub_explicit(join, 1, memory_order_acq_rel));
 }
 

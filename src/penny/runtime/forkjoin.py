@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from greenlet import getcurrent
 
-from .. import _context, _core, config
+from .. import _context, _core, _killpoints, config
 from ..errors import ArgumentPicklingError, NotImportableError, PennyError
 from ..shm.layout import (
     F_SUSPENDED,
@@ -302,6 +302,8 @@ class ForkJoin(_core.ForkCore):
             s.token_take(flags, F_SUSPENDED, join)
             self.swap_private(kept)
             return
+        if _killpoints.ARMED:
+            _killpoints.hit("suspend.after_give")
         self.task = 0
         self.depth = 0
         self.swap_private([])
@@ -315,6 +317,8 @@ class ForkJoin(_core.ForkCore):
         self.task, self.depth = saved
         self.swap_private(kept)
         s.token_take(flags, F_SUSPENDED, join)  # token back, mark cleared
+        if _killpoints.ARMED:
+            _killpoints.hit("resume.after_take")
 
     def reap_orphan(self, ref: int) -> None:
         """A ref in our inbox that no fiber of ours waits for: a continuation of

@@ -3,13 +3,14 @@
 The supervisor (supervisor.py) calls these when it finds a worker dead; a
 replacement worker calls `reap` for a continuation of its predecessor whose
 last child finished after the recovery (forkjoin.py).  The whole procedure is
-described in supervisor.py's docstring.
+described in docs/crash-model.md.
 """
 
 from __future__ import annotations
 
 from ..errors import WorkerCrashedError
 from ..shm.layout import (
+    F_ARGS_BLOB,
     F_ARGS_CONSUMED,
     F_DEAD,
     F_RESULT_BLOB,
@@ -46,16 +47,14 @@ def doom(tasks, arena, ref: int, why: str) -> None:
     if flags & F_RESULT_BLOB:  # it died after writing its result, before publishing it
         marshal.free_blob(arena, *tasks.blob(rec))
     rflags = marshal.encode_exception(tasks, arena, rec, WorkerCrashedError(why))
-    tasks.set_flags(rec, (flags & ~F_RESULT_BLOB) | F_ARGS_CONSUMED | F_DEAD | rflags)
+    tasks.set_flags(rec, (flags & ~(F_RESULT_BLOB | F_ARGS_BLOB)) | F_ARGS_CONSUMED | F_DEAD | rflags)
 
 
-def reap(tasks, arena, ref: int, why: str) -> None:
-    """Complete dead task `ref`, whose children have all finished, with its
-    WorkerCrashedError (stored by `doom`; `why` if it was not): free the
-    records of children it never read and route it to its parent or the main
-    process.  Runs in the supervisor, or in the replacement worker when the
-    last child finished after the recovery."""
-    rec = tasks.record(ref)
+def free_finished_children(tasks, arena, ref: int) -> None:
+    """Free the records (and result blobs) of the finished children of task
+    `ref` that it never read: its frame died.  Before a reap, and before a
+    retry (the task runs again with new children under the same ref; the old
+    records would leak: crash-model.md, "retry")."""
     for i in range(tasks.capacity):
         child = tasks.record_at(i)
         if tasks.parent(child) != ref:
@@ -65,6 +64,16 @@ def reap(tasks, arena, ref: int, why: str) -> None:
             if tasks.flags(child) & F_RESULT_BLOB:
                 marshal.free_blob(arena, *tasks.blob(child))
             tasks.free(cref)
+
+
+def reap(tasks, arena, ref: int, why: str) -> None:
+    """Complete dead task `ref`, whose children have all finished, with its
+    WorkerCrashedError (stored by `doom`; `why` if it was not): free the
+    records of children it never read and route it to its parent or the main
+    process.  Runs in the supervisor, or in the replacement worker when the
+    last child finished after the recovery."""
+    rec = tasks.record(ref)
+    free_finished_children(tasks, arena, ref)
     doom(tasks, arena, ref, why)
     tasks.set_flags(rec, tasks.flags(rec) & ~(F_SUSPENDED | F_DEAD))
     # Status (release: the outcome first) and routing in one call; current_off

@@ -14,24 +14,11 @@ A worker that dies before it attached (bad main module under spawn, say)
 three times in a row marks the scheduler broken: pending futures fail and
 submissions raise, instead of restarting forever.
 
-Every take of a ref (pop, steal, a batch from the global queue, a child popped
-back in sync) stores it in the taker's `current` word in the same C call, so a
-worker killed after taking a task and before claiming it leaves it where step
-1 finds it (still QUEUED: queued again).  The tasks the dead worker held are
-all RUNNING with it as owner: the one it was running, the inline ancestors on
-its stacks and its suspended continuations (`dead_tasks`).  The running one is
-retried when it can be; the others fail with `WorkerCrashedError` (their
-Python frames died), each once its published children have finished, so that
-no child ever reports to a recycled record: the supervisor gives up a dead
-task's join token for it (unless the task had given it up itself when it
-suspended: the F_SUSPENDED mark), reaps the task at once if no child is left,
-and otherwise the last child posts it to the dead worker's inbox, where the
-replacement worker reaps it (`reap`, `ForkJoin.reap_orphan`).  The parent of a
-reaped task sees the error at its sync.
-
-Windows that remain, each a few instructions inside one C call: between a take
-and its mark, between a task's DONE store and its routing, and between the
-suspended mark and the token's release.
+What a death leaves behind at every protocol step, and how `_recover`
+repairs it (the order of its steps, the retry rule, dooming and reaping the
+tasks whose frames died, the windows that remain), is docs/crash-model.md;
+every step there has a named kill point (penny/_killpoints.py) exercised by
+tests/test_kill_points.py.
 """
 
 from __future__ import annotations
@@ -51,13 +38,15 @@ from ..shm.layout import (
     F_DEAD,
     F_SUSPENDED,
     H_SLEEPERS,
+    S_DONE,
+    S_FAILED,
     S_QUEUED,
     W_CURRENT,
     W_PID,
 )
 from ..shm.parking import AWAKE
 from . import launcher, worker
-from .recovery import dead_tasks, doom, reap
+from .recovery import dead_tasks, doom, free_finished_children, reap
 
 _MINUS_ONE = 0xFFFF_FFFF
 log = logging.getLogger("penny.supervisor")
@@ -174,10 +163,18 @@ class Supervisor:
         # and every other task whose frame lived in it (inline ancestors,
         # suspended continuations): they fail, once their children are done.
         cur = s.load64(sl + W_CURRENT, _core.RELAXED)
-        if cur and tasks.status(cur) == S_QUEUED:
+        cur_status = tasks.status(cur) if cur else -1  # -1: recycled (another generation)
+        if cur_status == S_QUEUED:
             # Taken (popped, stolen, batched: the take marks it) but not claimed:
             # no other process has it.  Queue it again; it did not start.
             s.queue_push(lay.injector, cur)
+            cur = 0
+        elif cur_status in (S_DONE, S_FAILED) and tasks.parent(tasks.record(cur)) == 0:
+            # Settled (settle clears `current` only after routing) and perhaps
+            # not routed: route it (again).  A second completion of one ref is
+            # dropped by collect (its generation is stale by then), so this
+            # never completes a future twice (docs/crash-model.md, "settle").
+            s.publish(cur, 0)
             cur = 0
         while s.queue_pop(lay.inbox(w)) > 0:
             pass  # continuations ready to resume: handled by the scan below
@@ -189,6 +186,9 @@ class Supervisor:
                 started = tasks.count_start(rec)
                 intact = not flags & F_ARGS_CONSUMED
                 if intact and started <= sched._retries:
+                    # join 1: every published child finished; free those it
+                    # never read, or they leak when it runs again.
+                    free_finished_children(tasks, sched._arena, ref)
                     tasks.set_status(ref, S_QUEUED)
                     s.queue_push(lay.injector, ref)
                     log.warning("penny: task %#x that worker %d was running is queued again (start %d of at most %d)",

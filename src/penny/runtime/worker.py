@@ -23,10 +23,11 @@ import time
 
 from greenlet import getcurrent, greenlet
 
-from .. import _context, _core, config
+from .. import _context, _core, _killpoints, config
 from .._proc import process_alive
 from ..shm.arena import Arena
 from ..shm.layout import (
+    F_ARGS_BLOB,
     F_ARGS_CONSUMED,
     F_RESULT_BLOB,
     H_COLLECTOR,
@@ -88,6 +89,7 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     # handles it and shuts us down; a worker that died of it would lose work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (fork)
+    _killpoints.arm("worker", wid)  # PENNY_KILL_AT (docs/crash-model.md); nothing when unset
     region = handle.attach()
     _context.forget_in_worker()  # after attach: under fork our descriptor is the parent's copy
     main_pid = region.main_pid
@@ -270,6 +272,8 @@ class Worker:
             self.not_claimed(ref)
             return
         fid, flags, args = item
+        if _killpoints.ARMED:
+            _killpoints.hit("run_task.after_claim")
         fork = self.fork
         outer = fork.task
         fork.task = ref
@@ -286,6 +290,8 @@ class Worker:
             del exc
         if _forked:
             leave_forked_child(failed)  # the task forked and returned in the child
+        if _killpoints.ARMED:
+            _killpoints.hit("run_task.after_run")
         if ref in fork.published or fork.live() or fork.pinned:
             err = fork.end_task(ref)  # implicit sync: children finish before their parent
             if err is not None and not failed:
@@ -329,6 +335,8 @@ class Worker:
         # From here on the arguments are gone: a crash is no longer retried.
         flags |= F_ARGS_CONSUMED
         tasks.set_flags(rec, flags)
+        if _killpoints.ARMED:
+            _killpoints.hit("finish_slow.after_consumed")
         marshal.release_args(tasks, arena, rec, flags)
         if not failed:
             try:
@@ -339,7 +347,12 @@ class Worker:
         if failed:
             rflags = marshal.encode_exception(tasks, arena, rec, value)
         value = None
-        tasks.set_flags(rec, (flags & ~F_RESULT_BLOB) | rflags)
+        # F_ARGS_BLOB goes with the result's flag: the blob word now holds the
+        # result's blob (or 0), which a supervisor must not free as arguments
+        # (crash-model.md, "finish_slow").
+        tasks.set_flags(rec, (flags & ~(F_RESULT_BLOB | F_ARGS_BLOB)) | rflags)
+        if _killpoints.ARMED:
+            _killpoints.hit("finish_slow.after_result")
         # Status (release: the result first), current cleared, routed: one call.
         s.settle(ref, S_FAILED if failed else S_DONE, self.current)
 
@@ -351,12 +364,16 @@ class Worker:
         ref = tasks.alloc()
         if not ref:
             return 0
+        if _killpoints.ARMED:
+            _killpoints.hit("spawn_slow.after_alloc")
         rec = tasks.record(ref)
         try:
             flags = marshal.encode_args(tasks, self.arena, rec, args, kwargs)
         except BaseException:
             tasks.free(ref)
             raise
+        if _killpoints.ARMED:
+            _killpoints.hit("spawn_slow.after_encode")
         try:
             return self.s.enqueue_child(ref, fid, flags, parent, self.own)
         except BaseException:
@@ -402,6 +419,8 @@ class Worker:
         ref, n = s.take_batch(inj, want, self.own, self.current)
         if not n:
             return _EMPTY
+        if _killpoints.ARMED:
+            _killpoints.hit("take_injected.after_take")
         self.counts["injected"] += n
         if self.tracing:
             self.trace.emit(INJECTED, n)

@@ -32,8 +32,11 @@ whose references are held by `_core.Lease` objects (one per process view)
 and by task records that carry them (see marshal.py).
 
 The lock is a word holding the holder's pid.  A waiter that finds the holder
-dead takes the lock over (a worker killed mid-allocation); the extent it was
-working on may be lost, never handed out twice.  `release` runs from garbage
+dead takes the lock over (a worker killed mid-allocation) and, before using
+the lists the dead holder may have left half-updated, rebuilds them from the
+extent chain (`_rebuild`: every extent's header has its size and state): the
+extent it was working on may be lost, never handed out twice
+(docs/crash-model.md, "arena").  `release` runs from garbage
 collection at any moment, so it never waits for the lock: when the lock is
 busy it pushes the extent on a lock-free stack that the next holder drains.
 """
@@ -44,7 +47,7 @@ import mmap
 import os
 import time
 
-from .. import _core, config
+from .. import _core, _killpoints, config
 from .._proc import process_alive as _alive
 from .layout import (
     ARENA_CLASSES,
@@ -259,9 +262,50 @@ class Arena:
                 continue
             time.sleep(0.0002)
             if spins % 256 == 0 and holder != pid and not _alive(holder):
-                # The holder died holding the lock: take it over.
+                # The holder died holding the lock: take it over, and do not
+                # trust what it was doing to the lists.
                 if s.cas32(H_LARGE_LOCK, holder, pid, _core.ACQUIRE)[0]:
+                    self._rebuild()
                     return
+
+    def _rebuild(self) -> None:
+        """The free list, the last extent's size and the used/cached counts,
+        recomputed from the extent chain (lock held, taken over from a dead
+        holder).  Walks the extents from the start of the large area by their
+        sizes: an ALLOCATED one stays allocated (its owner may be alive); a FREE
+        one, or one in no list (state 0: the dead holder was unlinking,
+        splitting or merging it; nobody was handed it, since an allocation is
+        marked ALLOCATED before the lock is released) is linked free.  A torn
+        size stops the walk: the rest is lost to the free list, never reused
+        while in use.  The deferred stack is left alone (its extents are
+        ALLOCATED until drained)."""
+        s = self.s
+        end = self.large + s.load64(H_LARGE_TOP, _R)
+        x, head, tail, prev_size, used, cached = self.large, 0, 0, 0, 0, 0
+        while x < end:
+            size = s.load64(x + X_SIZE, _R)
+            if size < PAGE or size % PAGE or x + size > end:
+                break
+            s.store64(x + X_PREV, prev_size, _R)
+            if s.load32(x + X_STATE, _R) == X_ALLOCATED:
+                used += size
+            else:
+                s.store32(x + X_STATE, X_FREE, _R)
+                s.store64(x + X_NEXT_FREE, 0, _R)
+                s.store64(x + X_PREV_FREE, tail, _R)
+                if tail:
+                    s.store64(tail + X_NEXT_FREE, x, _R)
+                else:
+                    head = x
+                tail = x
+                if s.load32(x + X_COMMITTED, _R):
+                    cached += size
+            prev_size = size
+            x += size
+        s.store64(H_LARGE_FREE, head, _R)
+        s.store64(H_LARGE_LAST, prev_size, _R)
+        s.store64(H_LARGE_USED, used, _R)
+        s.store64(H_LARGE_CACHED, cached, _R)
 
     def _try_lock(self) -> bool:
         return self.s.cas32(H_LARGE_LOCK, 0, self._pid_now(), _core.ACQUIRE)[0]
@@ -288,6 +332,8 @@ class Arena:
             )
         self._lock()
         try:
+            if _killpoints.ARMED:
+                _killpoints.hit("arena.after_lock")
             self._drain_deferred()
             start, ready = self._take_free(need)
             if not start:
@@ -369,6 +415,8 @@ class Arena:
         s.store64(x + X_PREV_FREE, 0, _R)
         if head:
             s.store64(head + X_PREV_FREE, x, _R)
+        if _killpoints.ARMED:
+            _killpoints.hit("arena.in_link")
         s.store64(H_LARGE_FREE, x, _R)
 
     def _unlink(self, x: int) -> None:

@@ -3,8 +3,8 @@
 The protocol (docs/protocols.md has the proof sketch):
 
 Sleeper (a worker with nothing to do, or the main process's collector):
-  1. state := SLEEPY                          (SeqCst store)
-  2. sleepers += 1                            (SeqCst RMW)
+  1. sleepers += 1                            (SeqCst RMW)
+  2. state := SLEEPY                          (SeqCst store)
   2'. SeqCst fence                            (pairs with the publisher's)
   3. look for work once more; if found, undo and go back to work
   4. CAS state SLEEPY -> SLEEPING             (fails if a publisher notified us)
@@ -17,16 +17,25 @@ Publisher (after making work visible with a release operation):
      futex_wake it if it was SLEEPING, and stop (wake one).
 
 No lost wake-up: by the two SeqCst fences (2' and a), either the
-sleeper's re-check (3) sees the work, or the publisher's load (a) sees the
-sleeper counted; then the sleeper is SLEEPY or SLEEPING when the publisher
-scans, its CAS succeeds, and step 4 fails or step 5 returns.  The fence 2'
-is what makes this hold beyond x86: a SeqCst RMW followed by acquire loads
-is the store-buffering shape, which C11 (and AArch64, POWER) let go wrong.
+sleeper's re-check (3) sees the work, or the publisher's load (a) and scan
+(b) see everything the sleeper did before its fence: it is counted and
+SLEEPY (or SLEEPING), the publisher's CAS succeeds, and step 4 fails or step
+5 returns.  The fence 2' is what makes this hold beyond x86: a SeqCst store
+or RMW followed by acquire loads is the store-buffering shape, which C11
+(and AArch64, POWER) let go wrong.
+
+Counted before SLEEPY, AWAKE before uncounted: a word that is not AWAKE is
+always counted, so the supervisor's repair for a dead sleeper (decrement iff
+its word is not AWAKE) never takes the count below the truth.  A death in
+the one-instruction windows between 1 and 2, or between the two halves of 6,
+leaves the count one high: publishers then scan the words once per publish
+and find nobody, a cost, never a lost or late wake-up
+(docs/crash-model.md, "park").
 """
 
 from __future__ import annotations
 
-from .. import _core
+from .. import _core, _killpoints
 
 #: The sleeper's SeqCst fence (2'); a module global so a test can see it issued.
 _fence = _core.fence
@@ -53,16 +62,24 @@ class Parker:
         """Sleep until notified or `timeout` s, unless `has_work()` turns true
         first.  Returns True if a publisher notified us."""
         s = self.s
-        s.store32(self.state, SLEEPY, _core.SEQ_CST)           # 1: SeqCst, see module doc
-        s.fetch_add32(self.sleepers, 1, _core.SEQ_CST)         # 2
+        # Counted first, then SLEEPY; AWAKE first, then uncounted: a parking
+        # word that is not AWAKE always means "counted", so the supervisor's
+        # repair for a dead sleeper (decrement iff its word is not AWAKE) is
+        # never one too many (docs/crash-model.md, "park").
+        s.fetch_add32(self.sleepers, 1, _core.SEQ_CST)         # 1
+        if _killpoints.ARMED:
+            _killpoints.hit("park.announce")
+        s.store32(self.state, SLEEPY, _core.SEQ_CST)           # 2: SeqCst, see module doc
         try:
-            # 2': SeqCst fence between the increment and the re-check's
+            # 2': SeqCst fence between the announcement (1, 2) and the re-check's
             # acquire loads; pairs with the publisher's fence (notify_one).
             _fence(_SEQ_CST)
             if not has_work():                                  # 3
                 ok, _ = s.cas32(self.state, SLEEPY, SLEEPING, _core.ACQ_REL)  # 4
                 if ok:
                     s.futex_wait(self.state, SLEEPING, timeout)  # 5
+                    if _killpoints.ARMED:
+                        _killpoints.hit("park.after_wait")
         finally:
             # 6: AcqRel exchange: if a publisher notified us, its published
             # work happens-before what we do next.

@@ -1,0 +1,152 @@
+/*
+ * killpoint.c: named kill points (docs/crash-model.md).  Part of the unity
+ * build (core.c), included before the parts that use KILL_POINT.
+ *
+ * KILL_POINT(KP_x) makes this process SIGKILL itself at the n-th pass of the
+ * point named "x", once armed with _core.arm_kill_point(name, n, once_path)
+ * (penny/_killpoints.py arms it from PENNY_KILL_AT at worker start, or in
+ * the main process).  Unarmed, a point costs one load of a static int and one
+ * predictable branch: `kp_armed` is 0 and only this process writes it.  A
+ * `once_path` makes the kill happen at most once across every process that
+ * armed the same path (the first to create the file, O_EXCL, dies), so that
+ * a replacement worker with the same environment does not die again.
+ *
+ * The names are the crash model's step names; _core.KILL_POINTS lists them.
+ */
+#include <fcntl.h>
+#include <signal.h>
+
+#define PENNY_KILL_POINTS(X)                                                              \
+    X(CLAIM_AFTER_CAS, "claim.after_cas")           /* RUNNING stored, owner/current not yet */ \
+    X(FINISH_AFTER_RESULT, "finish.after_result")   /* inline result written, status not yet */ \
+    X(SETTLE_AFTER_STATUS, "settle.after_status")   /* DONE/FAILED stored, not routed yet */   \
+    X(ROUTE_AFTER_PUSH, "route.after_push")         /* completion pushed, collector not woken */ \
+    X(SPAWN_AFTER_COUNT, "spawn.after_count")       /* parent.join += 1, child not pushed */    \
+    X(SPAWN_AFTER_PUSH, "spawn.after_push")         /* child pushed on our deque */             \
+    X(TAKE_BATCH_AFTER_POP, "take_batch.after_pop") /* refs popped from the ring, not marked */ \
+    X(TAKE_BATCH_AFTER_MARK, "take_batch.after_mark") /* first marked, rest not pushed */       \
+    X(POP_CHILD_AFTER_POP, "pop_child.after_pop")   /* popped, parent not compared */           \
+    X(INJECT_AFTER_COMMIT, "inject.after_commit")   /* QUEUED stored, not pushed (main) */      \
+    X(COLLECT_AFTER_POP, "collect.after_pop")       /* popped a completion (main) */            \
+    X(TOKEN_GIVE_AFTER_MARK, "token_give.after_mark") /* F_SUSPENDED set, token held */
+
+enum {
+    KP_NONE = 0,
+#define KP_ENUM(id, name) KP_##id,
+    PENNY_KILL_POINTS(KP_ENUM)
+#undef KP_ENUM
+    KP_COUNT
+};
+
+static const char *const kp_names[KP_COUNT] = {
+    NULL,
+#define KP_NAME(id, name) name,
+    PENNY_KILL_POINTS(KP_NAME)
+#undef KP_NAME
+};
+
+/* Written by this process only (arm_kill_point, under the GIL), read by its
+ * own threads: plain ints, no shared memory involved. */
+static int kp_armed = KP_NONE;
+static long kp_left = 0;
+static char kp_once[1024];
+static char kp_log[1024];
+static int kp_which = KP_NONE;
+
+static void
+kp_fire(void)
+{
+    if (--kp_left > 0)
+        return;
+    kp_armed = KP_NONE;
+    if (kp_once[0]) {
+        int fd = open(kp_once, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return; /* someone died here already */
+        close(fd);
+    }
+    if (kp_log[0]) { /* "pid monotonic-seconds name\n", one O_APPEND write */
+        int fd = open(kp_log, O_CREAT | O_APPEND | O_WRONLY | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            char line[256];
+            int n = snprintf(line, sizeof line, "%d %lld.%09ld %s\n", (int)getpid(), (long long)ts.tv_sec,
+                             (long)ts.tv_nsec, kp_names[kp_which]);
+            if (n > 0 && write(fd, line, (size_t)n) < 0) {
+                /* nothing to do: the kill happens anyway */
+            }
+            close(fd);
+        }
+    }
+    kill(getpid(), SIGKILL);
+    for (;;)
+        pause();
+}
+
+#define KILL_POINT(id)                                     \
+    do {                                                   \
+        if (__builtin_expect(kp_armed == KP_##id, 0))     \
+            kp_fire();                                     \
+    } while (0)
+
+/* arm_kill_point(name, n, once_path=None, log_path=None) -> bool: arm the C
+ * point `name` to fire at its n-th pass (n >= 1); False if no C point has
+ * that name.  `log_path`: append "pid time name" there before dying.
+ * arm_kill_point(None) disarms. */
+static PyObject *
+M_arm_kill_point(PyObject *self, PyObject *args)
+{
+    const char *name = NULL, *once = NULL, *logp = NULL;
+    long n = 1;
+    if (!PyArg_ParseTuple(args, "z|lzz:arm_kill_point", &name, &n, &once, &logp))
+        return NULL;
+    if (!name) {
+        kp_armed = KP_NONE;
+        Py_RETURN_TRUE;
+    }
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "arm_kill_point: n must be >= 1");
+        return NULL;
+    }
+    if ((once && strlen(once) >= sizeof kp_once) || (logp && strlen(logp) >= sizeof kp_log)) {
+        PyErr_SetString(PyExc_ValueError, "arm_kill_point: path too long");
+        return NULL;
+    }
+    for (int i = 1; i < KP_COUNT; i++) {
+        if (strcmp(kp_names[i], name) == 0) {
+            kp_once[0] = 0;
+            kp_log[0] = 0;
+            if (once)
+                strcpy(kp_once, once);
+            if (logp)
+                strcpy(kp_log, logp);
+            kp_left = n;
+            kp_which = i;
+            kp_armed = i;
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
+static int
+add_kill_points(PyObject *m)
+{
+    PyObject *t = PyTuple_New(KP_COUNT - 1);
+    if (!t)
+        return -1;
+    for (int i = 1; i < KP_COUNT; i++) {
+        PyObject *v = PyUnicode_FromString(kp_names[i]);
+        if (!v) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyTuple_SET_ITEM(t, i - 1, v);
+    }
+    if (PyModule_AddObject(m, "KILL_POINTS", t) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    return 0;
+}
