@@ -158,6 +158,7 @@ def test_no_native_file_over_1000_lines():
 # ---- the public API ------------------------------------------------------------------
 
 PUBLIC = {
+    "BrokenExecutorError",
     "Executor",
     "Handle",
     "NotImportableError",

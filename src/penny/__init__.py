@@ -21,6 +21,7 @@ _logging.getLogger("penny").addHandler(_logging.NullHandler())
 
 from ._version import __version__  # noqa: E402
 from .errors import (  # noqa: E402
+    BrokenExecutorError,
     NotImportableError,
     PennyError,
     SchedulerClosedError,
@@ -46,6 +47,7 @@ def _ray_scheduler(*args, **kwargs):
 _register_backend("ray", _ray_scheduler)
 
 __all__ = [
+    "BrokenExecutorError",
     "Executor",
     "Handle",
     "NotImportableError",
