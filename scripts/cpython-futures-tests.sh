@@ -11,5 +11,5 @@ CACHE=${PENNY_CPYTHON_TESTS_CACHE:-$HOME/.cache/penny/cpython-tests}
 VER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 export PENNY_CPYTHON_TESTS_CACHE=$CACHE
 # Workers (spawn, forkserver) import the suites' task functions by name.
-export PYTHONPATH="$CACHE/$VER:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$CACHE/$VER:$PWD:$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" scripts/cpython_futures_tests.py "$@"

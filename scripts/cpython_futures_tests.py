@@ -67,6 +67,19 @@ EXCLUDED = {
         "to its call queue, where they are RUNNING); Penny can cancel every task no "
         "worker has claimed, which under load can be all 50. tests/test_executor.py "
         "tests that shutdown(cancel_futures=True) cancels the queued ones and runs the rest",
+    # ---- threads started at construction --------------------------------------
+    "test_python_finalization_error":
+        "(3.12+) makes the second thread start fail, expecting ProcessPoolExecutor's "
+        "lazily started threads (manager, then queue feeder at the first submit) so that "
+        "map raises BrokenProcessPool; Penny starts its threads (supervisor, collector) "
+        "in the constructor, so the constructor raises that RuntimeError instead, with "
+        "nothing left running",
+    # ---- private types --------------------------------------------------------
+    "test_traceback":
+        "asserts that the cause's exact type is the private "
+        "concurrent.futures.process._RemoteTraceback; Penny attaches "
+        "penny.errors.RemoteTraceback (same .tb, same str), and tests/test_errors.py "
+        "checks that the worker's traceback is in it and in the printed traceback",
     # ---- scripts that import the executor type by its name --------------------
     "test_interpreter_shutdown":
         "runs a script 'from concurrent.futures import <executor_type.__name__>': it "
@@ -160,6 +173,41 @@ def _tear_down(self):
             s.shutdown(wait=True)
 
 
+def _penny_class(name: str, cls):
+    """``Penny<name>``: the suite's class with penny.Executor, a global of this
+    module so that what a test submits from it (a classmethod) pickles by
+    name; worker processes rebuild it on import (`__getattr__`)."""
+    import penny
+
+    sub_name = "Penny" + name[len("ProcessPool"):]
+    sub = globals().get(sub_name)
+    if sub is None:
+        sub = type(sub_name, (cls,), {"executor_type": penny.Executor, "tearDown": _tear_down,
+                                      "__module__": __name__ if __name__ != "__main__" else MODULE,
+                                      "__qualname__": sub_name})
+        globals()[sub_name] = sub
+    return sub
+
+
+MODULE = "cpython_futures_tests"
+
+
+def __getattr__(name: str):
+    # In a worker: a Penny<...> class named by a pickle, rebuilt from the suites
+    # (scripts/cpython-futures-tests.sh puts them and this folder on PYTHONPATH).
+    if name.startswith("Penny"):
+        for modname in ("test.test_concurrent_futures", "cpython_futures"):
+            try:
+                pkg = importlib.import_module(modname)
+            except ImportError:
+                continue
+            for mod in suite_modules(pkg):
+                for orig, cls in vars(mod).items():
+                    if orig.startswith("ProcessPool") and "Penny" + orig[len("ProcessPool"):] == name:
+                        return _penny_class(orig, cls)
+    raise AttributeError(name)
+
+
 _METHOD_PREFIX = {"fork": "ProcessPoolFork", "forkserver": "ProcessPoolForkserver", "spawn": "ProcessPoolSpawn"}
 
 
@@ -181,9 +229,7 @@ def penny_cases(modules, methods, pattern, exclude=True):
                 continue
             if getattr(cls, "executor_type", None) is None:
                 continue
-            sub = type("Penny" + name[len("ProcessPool"):], (cls,), {"executor_type": penny.Executor,
-                                                                     "__module__": mod.__name__,
-                                                                     "tearDown": _tear_down})
+            sub = _penny_class(name, cls)
             for test in loader.loadTestsFromTestCase(sub):
                 if pattern and not re.search(pattern, test.id()):
                     continue
@@ -208,6 +254,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=os.environ.get("PENNY_CPYTHON_TESTS_CACHE",
                                                       os.path.expanduser("~/.cache/penny/cpython-tests")))
     args = ap.parse_args(argv)
+    sys.modules[MODULE] = sys.modules[__name__]  # pickles name this module, not __main__
     pkg = find_suite(args.cache)
     print(f"suites: {getattr(pkg, '__file__', pkg)} (Python {sys.version.split()[0]})", flush=True)
     suite, excluded = penny_cases(suite_modules(pkg), args.methods.split(","), args.pattern,
