@@ -31,6 +31,8 @@ import sys
 import tempfile
 import unittest
 
+_CRASH = ('a worker killed (os._exit or a segfault) while it runs, unpickles or pickles is a crash that Penny recovers from (the task is retried, then fails with WorkerCrashedError; the executor goes on), where ProcessPoolExecutor breaks (BrokenProcessPool): tests/test_crash_matrix.py')
+
 #: Tests not run, by test method name (matched in every class and start method
 #: where it occurs) or ``Class.method``.  Each entry says why.
 EXCLUDED = {
@@ -54,12 +56,35 @@ EXCLUDED = {
         "kills one child and expects the whole pool broken (BrokenProcessPool); Penny "
         "recovers from a worker's death by design (the task is retried or fails with "
         "WorkerCrashedError, a replacement starts): tests/test_crash_matrix.py",
-    "ExecutorDeadlockTest":
-        "the whole class checks that a worker dying or raising while pickling or "
-        "unpickling a task or a result breaks ProcessPoolExecutor (BrokenProcessPool) "
-        "without hanging; Penny recovers from worker deaths instead (WorkerCrashedError "
-        "for that task, the scheduler goes on): tests/test_crash_matrix.py, "
-        "tests/test_bad_input.py",
+    # The deadlock suite: ProcessPoolExecutor must break (BrokenProcessPool) and not
+    # hang when a worker dies or pickling fails on the way; its three tests of an
+    # exception or exit inside the task itself run (and pass).
+    "ExecutorDeadlockTest.test_crash_at_task_unpickle": _CRASH,
+    "ExecutorDeadlockTest.test_crash_during_func_exec_on_worker": _CRASH,
+    "ExecutorDeadlockTest.test_crash_during_result_pickle_on_worker": _CRASH,
+    "ExecutorDeadlockTest.test_exit_at_task_unpickle": _CRASH,
+    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler": _CRASH,
+    "ExecutorDeadlockTest.test_shutdown_deadlock": _CRASH,
+    "ExecutorDeadlockTest.test_crash_big_data": _CRASH,
+    "ExecutorDeadlockTest.test_error_at_task_pickle":
+        "expects the PicklingError of an argument from future.result(); Penny pickles "
+        "arguments in the caller, so submit raises it (tests/test_bad_input.py)",
+    "ExecutorDeadlockTest.test_error_at_task_unpickle":
+        "expects BrokenProcessPool when an argument fails to unpickle in the worker; "
+        "Penny checks that arguments unpickle before sending them, so the caller gets "
+        "the UnpicklingError (tests/test_bad_input.py)",
+    "ExecutorDeadlockTest.test_error_during_result_pickle_on_worker":
+        "expects the PicklingError itself from future.result(); Penny raises "
+        "penny.wire.marshal.ResultPicklingError naming the result's type, with the "
+        "PicklingError as its cause (tests/test_bad_input.py)",
+    "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler":
+        "expects BrokenProcessPool when a result fails to unpickle in the main process; "
+        "Penny fails that one future with the UnpicklingError (wrapped in TaskError) and "
+        "goes on (tests/test_bad_input.py)",
+    "ExecutorDeadlockTest.test_shutdown_deadlock_pickle":
+        "reads ProcessPoolExecutor._executor_manager_thread",
+    "ExecutorDeadlockTest.test_gh105829_should_not_deadlock_if_wakeup_pipe_full":
+        "(3.12+) patches ProcessPoolExecutor's _ThreadWakeup pipe of its manager thread",
     # ---- cancellation: Penny cancels more ---------------------------------------
     "test_cancel_futures":
         "asserts that some of 50 queued tasks could NOT be cancelled by "
@@ -94,10 +119,13 @@ EXCLUDED = {
 
 
 def _excluded(test) -> str | None:
+    """The reason `test` is not run: a key is a method name, or ``Class.method``
+    where Class is part of the test's class name (Penny<method><Class>)."""
     cls = type(test).__name__
     method = test.id().rsplit(".", 1)[-1]
     for key, reason in EXCLUDED.items():
-        if key == method or key == f"{cls}.{method}" or (key[0].isupper() and key in cls):
+        kcls, _, kmethod = key.rpartition(".")
+        if kmethod == method and (not kcls or kcls in cls):
             return reason
     return None
 
