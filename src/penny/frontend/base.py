@@ -11,6 +11,7 @@ import itertools
 import time
 
 from .. import _context, config
+from ..runtime.worker import PARTIAL
 from .progress import make_bar
 
 #: name -> factory(*args, **kwargs) of the schedulers `Scheduler(backend=name)`
@@ -81,14 +82,9 @@ def chunked_map(fn, iterables, chunksize, workers: int, window: int, submit_chun
     return _map_results(pending, submit_next, deadline, bar, failure)
 
 
-#: The attribute on which a map chunk that failed part way carries the results
-#: of the items before the failing one (set in the worker, runtime/worker.py,
-#: read and removed here).
-PARTIAL = "_penny_map_partial"
-
-
 def partial_results(exc: BaseException) -> list:
-    """The results a failed map chunk computed before `exc`, taken off it."""
+    """The results a failed map chunk computed before `exc`, taken off it (the
+    worker put them on it: runtime/worker.py keep_partial)."""
     done = exc.__dict__.pop(PARTIAL, None) if hasattr(exc, "__dict__") else None
     return done if isinstance(done, list) else []
 
