@@ -160,6 +160,7 @@ def test_no_native_file_over_1000_lines():
 PUBLIC = {
     "ArgumentPicklingError",
     "ArgumentUnpicklingError",
+    "BrokenExecutorError",
     "CorruptRegionError",
     "Executor",
     "Handle",

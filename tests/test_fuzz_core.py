@@ -26,14 +26,10 @@ from tests.fuzz_core_driver import CALLS
 TOTAL = float(os.environ.get("PENNY_FUZZ_SECONDS", "60"))
 PER_ENTRY = max(0.5, TOTAL / len(CALLS))
 
-# collect() is the other engineer's (tasks.c, issue 12 crash windows): it
-# indexes the task table with a ref popped from the completion ring without
-# the bounds check task_record applies, and reads item 0 of an empty tuple
-# when a record's inline count is 0.  Strict: once collect validates both,
-# this XPASSes and fails, and the marker must go.
-PENDING = {
-    "collect": "collect() does not yet bound-check completion refs / inline count 0 (tasks.c, other owner)",
-}
+# Entry points known to crash on a scribbled region (strict xfails: a fix
+# makes them XPASS and fail until the marker goes).  None now: collect
+# bound-checks its refs and the inline count (tasks.c).
+PENDING: dict = {}
 
 
 def _params():
@@ -45,8 +41,9 @@ def test_every_entry_point_of_the_core_is_fuzzed():
     from penny import _core
 
     shared = {n for n in dir(_core.Shared) if not n.startswith("_")} - {"nbytes", "address", "leases"}
+    # arm_kill_point reads no region: it arms a test build's SIGKILL (kill points).
     module = {n for n in dir(_core) if callable(getattr(_core, n)) and not n.startswith("_")
-              and n not in ("Shared", "CorruptRegionError")}
+              and n not in ("Shared", "CorruptRegionError", "arm_kill_point")}
     missing = (shared | module) - set(CALLS)
     assert not missing, f"entry points the fuzz driver does not call: {sorted(missing)}"
 

@@ -462,10 +462,11 @@ class _Recorder:
         return parking.SLEEPY
 
 
-def test_the_sleeper_issues_a_seq_cst_fence_between_its_increment_and_its_re_check(monkeypatch):
+def test_the_sleeper_issues_a_seq_cst_fence_between_its_announcement_and_its_re_check(monkeypatch):
     # Not observable on x86 (a locked RMW is a full barrier); this is the
     # store-buffering shape docs/protocols.md explains, so check the fence is
-    # issued where the proof needs it: after (2), before (3).
+    # issued where the proof needs it: after the announcement (1: counted,
+    # 2: SLEEPY, in that order for the crash model), before the re-check (3).
     log = []
     monkeypatch.setattr(parking, "_fence", lambda order: log.append(("fence", order)), raising=False)
     p = parking.Parker(_Recorder(log), 0, 4)
@@ -478,8 +479,9 @@ def test_the_sleeper_issues_a_seq_cst_fence_between_its_increment_and_its_re_che
     names = [e[0] for e in log]
     inc = names.index("fetch_add32")
     assert log[inc][1:] == (1, _core.SEQ_CST)
-    assert names[inc + 1] == "fence" and log[inc + 1][1] == _core.SEQ_CST, log
-    assert names[inc + 2] == "recheck", log
+    assert names[inc + 1] == "store32" and log[inc + 1][1:] == (parking.SLEEPY, _core.SEQ_CST), log
+    assert names[inc + 2] == "fence" and log[inc + 2][1] == _core.SEQ_CST, log
+    assert names[inc + 3] == "recheck", log
 
 
 # ---- the collector (item 13) --------------------------------------------------------------

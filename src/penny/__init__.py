@@ -23,6 +23,7 @@ from ._version import __version__  # noqa: E402
 from .errors import (  # noqa: E402
     ArgumentPicklingError,
     ArgumentUnpicklingError,
+    BrokenExecutorError,
     CorruptRegionError,
     NotImportableError,
     PennyError,
@@ -52,6 +53,7 @@ _register_backend("ray", _ray_scheduler)
 __all__ = [
     "ArgumentPicklingError",
     "ArgumentUnpicklingError",
+    "BrokenExecutorError",
     "CorruptRegionError",
     "Executor",
     "Handle",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
+
 
 class PennyError(Exception):
     """Base class of all Penny errors."""
@@ -57,6 +59,13 @@ class ArgumentUnpicklingError(PennyError, TypeError):
 
 class ResultPicklingError(PennyError, TypeError):
     """Raised (in the caller's future) when a task's return value cannot be pickled."""
+
+
+class BrokenExecutorError(PennyError, BrokenProcessPool):
+    """A worker's `initializer` raised: the executor is broken (as
+    `concurrent.futures.ProcessPoolExecutor` is then), its pending futures
+    fail and `submit` raises this.  Also a `BrokenProcessPool`, so code written
+    for the standard library catches it unchanged."""
 
 
 class RemoteTraceback(Exception):

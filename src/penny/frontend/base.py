@@ -11,6 +11,7 @@ import itertools
 import time
 
 from .. import _context, config
+from ..runtime.worker import PARTIAL
 from .progress import make_bar
 
 #: name -> factory(*args, **kwargs) of the schedulers `Scheduler(backend=name)`
@@ -32,14 +33,27 @@ def make_backend(name: str, *args, **kwargs):
     return factory(*args, **kwargs)
 
 
-def chunked_map(fn, iterables, chunksize, workers: int, window: int, submit_chunk, timeout, progress):
+def chunked_map(fn, iterables, chunksize, workers: int, window: int, submit_chunk, timeout, progress,
+                buffersize=None):
     """`map` for every backend: chunks of the zipped `iterables` (one iterable:
     the items themselves) go to `submit_chunk(chunk) -> future of a list`, a
-    `window` of chunks ahead of the consumer; results come back in order.
-    An exception of the input is raised after the results of the items before
-    it.  The first window is submitted now; the rest as results are read."""
+    `window` of chunks (`buffersize`, when given, as in Python 3.14) ahead of
+    the consumer; results come back in order.  The `timeout` runs from this
+    call, as in concurrent.futures.  An exception of `fn` is raised after the
+    results of every item before it, whatever the chunking (a chunk that fails
+    part way sends the results before the failing item with the exception:
+    `partial_results`), and an exception of the input after the results of the
+    items before it.  The first window is submitted now; the rest as results
+    are read."""
     if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1):
-        raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r}")
+        raise ValueError(f"penny: chunksize must be a positive int, got {chunksize!r} (chunksize must be >= 1.)")
+    if buffersize is not None:
+        if not isinstance(buffersize, int) or isinstance(buffersize, bool):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        window = buffersize
+    deadline = None if timeout is None else time.monotonic() + timeout
     sizes = _chunk_sizes(iterables, chunksize, workers)
     source = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
     pending: collections.deque = collections.deque()
@@ -65,11 +79,17 @@ def chunked_map(fn, iterables, chunksize, workers: int, window: int, submit_chun
         except TypeError:
             total = None
         bar = (progress, total, f"map({getattr(fn, '__qualname__', 'fn')})")
-    return _map_results(pending, submit_next, timeout, bar, failure)
+    return _map_results(pending, submit_next, deadline, bar, failure)
 
 
-def _map_results(pending, submit_next, timeout, bar, failure):
-    deadline = None if timeout is None else time.monotonic() + timeout
+def partial_results(exc: BaseException) -> list:
+    """The results a failed map chunk computed before `exc`, taken off it (the
+    worker put them on it: runtime/worker.py keep_partial)."""
+    done = exc.__dict__.pop(PARTIAL, None) if hasattr(exc, "__dict__") else None
+    return done if isinstance(done, list) else []
+
+
+def _map_results(pending, submit_next, deadline, bar, failure):
     more = True
     if bar is not None:  # made at the first next(): a map never iterated draws nothing
         bar = make_bar(*bar)
@@ -80,12 +100,24 @@ def _map_results(pending, submit_next, timeout, bar, failure):
             if more:
                 more = submit_next()
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if bar is None:
-                yield from fut.result(left)
-            else:
+            try:
                 items = fut.result(left)
-                bar.update(len(items))
+            except cf.TimeoutError:
+                raise
+            except BaseException as e:
+                items = partial_results(e)
+                if bar is not None:
+                    bar.update(len(items))
                 yield from items
+                raise
+            fut = None  # the future holds the list too
+            if bar is not None:
+                bar.update(len(items))
+            # Popped as yielded: no result stays referenced here once the
+            # consumer has it (as concurrent.futures' result iterator).
+            items.reverse()
+            while items:
+                yield items.pop()
         if failure:
             raise failure[0]
         done = True

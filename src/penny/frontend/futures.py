@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import _thread
 import concurrent.futures as cf
-from concurrent.futures._base import PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING
 
 from ..shm.layout import S_RUNNING
 
@@ -90,10 +90,28 @@ class TaskFuture(cf.Future):
         self._ref = 0  # 0 while waiting in the backlog
 
     def cancel(self) -> bool:
+        """Cancel a task that no worker has started; True if it is cancelled.
+
+        As an executor of the standard library does when it drops a cancelled
+        work item, the future then goes on to CANCELLED_AND_NOTIFIED and tells
+        its waiters, so `concurrent.futures.wait` and `as_completed` count it
+        as done."""
         sched = self._scheduler
         if sched is None or self.done():
-            return super().cancel()
-        return sched._cancel(self)
+            ok = super().cancel()
+        else:
+            ok = sched._cancel(self)
+        if ok:
+            self._notify_cancelled()
+        return ok
+
+    def _notify_cancelled(self) -> None:
+        with self._condition:
+            if self._state != CANCELLED:
+                return  # already notified (or never cancelled)
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
 
     def running(self) -> bool:
         """True while a worker runs the task: read from its record in shared

@@ -28,6 +28,7 @@ import time
 from .. import _context, _core, _killpoints, config
 from ..errors import (
     CorruptRegionError,
+    BrokenExecutorError,
     PennyError,
     SchedulerClosedError,
     TaskError,
@@ -107,8 +108,9 @@ class Scheduler(Frontend):
     ):
         if _context.in_worker:
             raise SchedulerClosedError(
-                "penny: a task cannot create a Scheduler (worker processes do not start workers of their "
-                "own): spawn children with penny.spawn/penny.sync, or return the data and submit from the caller"
+                "penny: a task cannot create a Scheduler (it runs in a worker process, which does not "
+                "start workers of its own): spawn children with penny.spawn/penny.sync (or penny.join, "
+                "penny.parallel_for), or return the data and submit from the caller"
             )
         if workers is None:
             workers = os.cpu_count() or 1
@@ -228,6 +230,8 @@ class Scheduler(Frontend):
         if self._closed:
             raise SchedulerClosedError("penny: this scheduler was shut down; create a new one")
         if self._broken is not None:
+            if isinstance(self._broken, BrokenExecutorError):  # Executor(initializer=) raised
+                raise BrokenExecutorError(str(self._broken)) from self._broken
             raise SchedulerClosedError(f"penny: this scheduler is broken: {self._broken}") from self._broken
 
     def _submit(self, fid: int, args, kwargs) -> cf.Future:
@@ -323,13 +327,14 @@ class Scheduler(Frontend):
         return fut.cancelled()
 
     # ---- map ------------------------------------------------------------------
-    def map(self, fn, *iterables, timeout=None, chunksize=None, progress=None):
+    def map(self, fn, *iterables, timeout=None, chunksize=None, progress=None, buffersize=None):
         """Ordered results of ``fn(*args)`` over zipped `iterables`.
 
         Work starts at once; input is consumed lazily, a bounded window of
         chunks ahead of the consumer, so a huge or endless iterable is not
         materialised.  `chunksize` defaults to about 1/8 of a worker's share
-        when the length is known, else it grows from 16 to 1024.  `progress`
+        when the length is known, else it grows from 16 to 1024; `buffersize`
+        (as in Python 3.14) is the number of chunks in flight.  `progress`
         (True, a description, or a tqdm-like object) shows a bar of the
         results consumed (progress.py).
         """
@@ -344,9 +349,13 @@ class Scheduler(Frontend):
         target = fn if fid is None else fid
         # One iterable: send the items themselves (not 1-tuples) and map over them.
         chunk_fid = self._functions.id_for(run_chunk1 if len(iterables) == 1 else run_chunk)
+        return self._chunked_map(fn, iterables, chunksize, timeout, progress, buffersize,
+                                 lambda chunk: self._submit(chunk_fid, (target, chunk), None))
+
+    def _chunked_map(self, fn, iterables, chunksize, timeout, progress, buffersize, submit_chunk):
         window = max(4, 4 * self._layout.workers)
         return chunked_map(fn, iterables, chunksize, self._layout.workers, window,
-                           lambda chunk: self._submit(chunk_fid, (target, chunk), None), timeout, progress)
+                           submit_chunk, timeout, progress, buffersize)
 
     # ---- collecting -----------------------------------------------------------
     def _collect_loop(self) -> None:

@@ -386,8 +386,8 @@ def _run_worker(payload: bytes, fd: int, sys_path: list, cwd: str, main_path) ->
 
     _context.main_path = main_path
     try:
-        layout, wid, static, method, seed = pickle.loads(payload)
-        worker.main(RegionHandle(fd, layout, owned=True), wid, static, method, seed)
+        layout, wid, static, method, seed, options = pickle.loads(payload)
+        worker.main(RegionHandle(fd, layout, owned=True), wid, static, method, seed, options)
         return 0
     except SystemExit as e:
         code = e.code

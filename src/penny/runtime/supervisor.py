@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import signal
 import threading
 from multiprocessing.connection import wait as wait_sentinels
 
+import cloudpickle
+
 from .. import _core
 from .._proc import oom_kills
-from ..errors import WorkerCrashedError
+from ..errors import BrokenExecutorError, WorkerCrashedError
 from ..shm.layout import (
     F_ARGS_CONSUMED,
     F_DEAD,
@@ -94,10 +95,12 @@ class Supervisor:
     def _start(self, w: int) -> None:
         sched = self.sched
         seed = None if self.seed is None else self.seed * 1_000_003 + w
+        options = getattr(sched, "_worker_options", None)  # Executor: initializer, max_tasks
         if self._launcher is not None:
             # Penny's own fork server (launcher.py): it never imports the
             # user's __main__, and its death is not the workers' death.
-            payload = pickle.dumps((sched._layout, w, self.static, sched._method, seed))
+            # cloudpickle: an Executor's initializer may be a lambda.
+            payload = cloudpickle.dumps((sched._layout, w, self.static, sched._method, seed, options))
             p = self._launcher.start(payload, sched._region.fd, f"penny-worker-{w}")
         else:
             if sched._method == "forkserver":  # no pidfds (Linux < 5.3): multiprocessing's
@@ -110,7 +113,7 @@ class Supervisor:
             pdeath = sched._method != "forkserver" and (me is threading.main_thread() or me is self._thread)
             p = self.ctx.Process(
                 target=worker.main,
-                args=(sched._region.handle(), w, self.static, sched._method, seed),
+                args=(sched._region.handle(), w, self.static, sched._method, seed, options),
                 kwargs={"pdeathsig": pdeath},
                 name=f"penny-worker-{w}",
                 daemon=True,
@@ -150,13 +153,28 @@ class Supervisor:
         s, lay, tasks = sched._s, sched._layout, sched._tasks
         if s is None or self._stopping:
             return
-        self.crashes += 1
+        if proc.exitcode == worker.EXIT_INIT_FAILED and getattr(sched, "_worker_options", None):
+            # Executor(initializer=) raised in the worker (logged there): broken, as
+            # ProcessPoolExecutor; the worker never attached, so it held nothing.
+            err = BrokenExecutorError(
+                f"penny: the initializer raised in worker {w} (pid {proc.pid}; logged on the "
+                "'concurrent.futures' logger); the executor is broken: create a new one")
+            sched._broken = err
+            self._fail_everything(err)
+            return
+        # Executor(max_tasks_per_child=): a planned exit, recovered as any (it
+        # holds nothing: the steps below find nothing to do) but no crash.
+        retired = proc.exitcode == worker.EXIT_RETIRED and getattr(sched, "_worker_options", None)
         how = describe_exit(proc.exitcode, proc)
         oom = oom_kills()
         if proc.exitcode == -signal.SIGKILL and oom > self._oom_kills:
             how += " (probably by the kernel's OOM killer: its kill count rose meanwhile; the task may need less memory)"
         self._oom_kills = oom
-        log.warning("penny: worker %d (pid %s) %s; recovering its tasks", w, proc.pid, how)
+        if retired:
+            log.debug("penny: worker %d (pid %s) retired after its max_tasks_per_child tasks", w, proc.pid)
+        else:
+            self.crashes += 1
+            log.warning("penny: worker %d (pid %s) %s; recovering its tasks", w, proc.pid, how)
         sl = lay.slice(w)
         attached = s.load32(sl + W_PID, _core.ACQUIRE)
         # 1. the tasks it held: the one it was running (retried if it can be)
@@ -252,8 +270,8 @@ class Supervisor:
         with self._lock:
             if not self._stopping:
                 self._start(w)
-                log.warning("penny: worker %d replaced (new pid %s); the scheduler goes on",
-                            w, self.procs[w].pid)
+                (log.debug if retired else log.warning)(
+                    "penny: worker %d replaced (new pid %s); the scheduler goes on", w, self.procs[w].pid)
 
     def _fail_everything(self, err: BaseException) -> None:
         """The scheduler is broken: every pending future fails with `err`."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import signal
 import sys
@@ -64,6 +65,8 @@ from ..wire.functions import FunctionTable
 from .forkjoin import NEW_FIBER, ForkJoin
 
 _EMPTY = _core.EMPTY
+#: Attribute of a map chunk's exception carrying the results before it (frontend/base.py PARTIAL).
+PARTIAL = "_penny_map_partial"
 _RETRY = _core.RETRY
 
 # Workers log to "penny.worker" only and add no handler: under fork they use
@@ -75,14 +78,24 @@ log = logging.getLogger("penny.worker")
 current = None
 
 
+#: Exit status of a worker whose `initializer` raised (Executor): the supervisor
+#: marks the scheduler broken (BrokenExecutorError) instead of replacing it.
+EXIT_INIT_FAILED = 81
+#: Exit status of a worker that ran its `max_tasks` tasks and left (Executor
+#: max_tasks_per_child): the supervisor replaces it without counting a crash.
+EXIT_RETIRED = 82
+
+
 def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: str, seed: int | None = None,
-         *, pdeathsig: bool = False) -> None:
+         options: dict | None = None, *, pdeathsig: bool = False) -> None:
     """Entry point of a worker process.
 
-    `pdeathsig`: arm ``PR_SET_PDEATHSIG(SIGKILL)``, for a worker whose parent
-    is the main process (fork, spawn) started from a thread that lives as
-    long as the main process or the scheduler.  Workers of Penny's launcher
-    are killed by the launcher when the main process dies (launcher.py).
+    `options` (Executor): ``initializer`` and ``initargs`` run before the first
+    task, ``max_tasks`` ends the worker after that many tasks.  `pdeathsig`:
+    arm ``PR_SET_PDEATHSIG(SIGKILL)``, for a worker whose parent is the main
+    process (fork, spawn) started from a thread that lives as long as the
+    main process or the scheduler.  Workers of Penny's launcher are killed by
+    the launcher when the main process dies (launcher.py).
     """
     global current
     # Ctrl-C goes to the whole foreground process group: the main process
@@ -98,11 +111,17 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     watch_parent(main_pid)
     global _worker_pid
     _worker_pid = os.getpid()
+    options = options or {}
+    retired = False
     try:
+        if options.get("initializer") is not None and not run_initializer(options):
+            sys.exit(EXIT_INIT_FAILED)  # before attaching: the supervisor sees a start failure
         current = Worker(region, wid, static_functions, start_method, seed)
+        current.max_tasks = current.tasks_left = options.get("max_tasks")
         log.debug("penny worker %d started (pid %d, %s)", wid, os.getpid(), start_method)
         current.run()
         log.debug("penny worker %d exiting (pid %d)", wid, os.getpid())
+        retired = current.retired
         if current.fork.suspended:
             # Stopped with continuations parked (shutdown that did not wait):
             # their frames must not be unwound into a closed region.
@@ -112,6 +131,19 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     finally:
         current = None
         region.close()
+    if retired:
+        sys.exit(EXIT_RETIRED)
+
+
+def run_initializer(options: dict) -> bool:
+    """Run the Executor's initializer; False (logged as the standard library
+    logs it, on "concurrent.futures") if it raised."""
+    try:
+        options["initializer"](*options.get("initargs", ()))
+        return True
+    except BaseException:  # noqa: BLE001 - reported, and the worker exits
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
+        return False
 
 
 #: The pid of this worker process (0 until main runs).
@@ -189,6 +221,8 @@ class Worker:
         self.inbox = lay.inbox(wid)
         self.by_id = self.functions._by_id
         self.fork = ForkJoin(self)
+        self.max_tasks = self.tasks_left = None   # Executor(max_tasks_per_child=): set by main
+        self.retired = False
         s.store32(self.slice + W_ID, wid, _core.RELAXED)
         # Release: the supervisor reads the pid to know this worker attached.
         s.store32(self.slice + W_PID, os.getpid(), _core.RELEASE)
@@ -218,6 +252,7 @@ class Worker:
         perf = time.perf_counter_ns
         ran = 0
         tracing = self.tracing  # the only trace check per task; refreshed off the hot path
+        limited = self.max_tasks is not None  # Executor(max_tasks_per_child=): retire after them
         while True:
             if fork.suspended:
                 ref = qpop(inbox)
@@ -255,6 +290,12 @@ class Worker:
                 raise
             counts["busy_ns"] += perf() - t0
             ran += 1
+            if limited:
+                self.tasks_left -= 1  # on self, not a local: every loop fiber counts
+                if self.tasks_left <= 0 and not fork.suspended:  # no continuation of ours waits
+                    counts["tasks"] += ran
+                    self.retire()
+                    return
             if ran >= flush_every:
                 counts["tasks"] += ran
                 ran = 0
@@ -263,6 +304,22 @@ class Worker:
                 # Relaxed: a hint; shutdown also wakes us explicitly.
                 if s.load32(H_SHUTDOWN, _core.RELAXED):
                     return
+
+    def retire(self) -> None:
+        """Leave after `max_tasks` tasks: the refs on our deque go back to the
+        global queue (each marked as ours while moved, so a death on the way
+        loses none), the counters are published, and the loop ends."""
+        s, own, cur, inj = self.s, self.own, self.current, self.lay.injector
+        while True:
+            ref = s.deque_pop(own, cur)
+            if ref == _EMPTY:
+                break
+            if not s.queue_push(inj, ref):
+                raise RuntimeError("penny: global queue full (broken invariant)")
+            s.store64(cur, 0, _core.RELAXED)  # as run_task's end: the ref is no longer ours
+        self.retired = True
+        self.flush_stats()
+        self.wake_worker.notify_one(self.wid + 1)
 
     def run_task(self, ref: int) -> None:
         """Claim, run and finish one task (from the loop, or inline from a sync)."""
@@ -550,10 +607,35 @@ def _mapped(target):
 def run_chunk(target, items: list) -> list:
     """Internal task behind Scheduler.map over several iterables: ``fn(*args)`` per tuple."""
     fn = _mapped(target)
-    return [fn(*args) for args in items]
+    done: list = []
+    try:
+        done.extend(fn(*args) for args in items)
+    except BaseException as e:
+        keep_partial(e, done)
+        raise
+    return done
 
 
 def run_chunk1(target, items: list) -> list:
     """Internal task behind Scheduler.map over one iterable: ``fn(item)`` per item."""
-    return list(map(_mapped(target), items))
+    done: list = []
+    try:
+        done.extend(map(_mapped(target), items))  # extend keeps what came before a raise
+    except BaseException as e:
+        keep_partial(e, done)
+        raise
+    return done
 
+
+def keep_partial(exc: BaseException, done: list) -> None:
+    """A map chunk failed at item len(done): the results before it ride on the
+    exception (its __dict__ pickles with it) to the main process, which yields
+    them before raising (frontend/base.py partial_results).  Only if they
+    pickle: an exception that could no longer be sent would lose its type."""
+    if not done:
+        return
+    try:
+        pickle.dumps(done, protocol=5)
+        exc.__dict__[PARTIAL] = done
+    except Exception:  # noqa: BLE001 - unpicklable results, or an exception without __dict__
+        pass
