@@ -222,9 +222,10 @@ class Launcher:
         with self._send_lock:
             socket.send_fds(self._sock, [data], fds)
 
-    def start(self, payload: bytes, fd: int, name: str, timeout: float = 60.0) -> LaunchedProcess:
+    def start(self, payload: bytes, fd: int, name: str, timeout: float = 60.0, extra_fds=()) -> LaunchedProcess:
         """Fork a worker that runs ``worker.main`` with the pickled `payload`
-        (arguments after the region handle) and the region descriptor `fd`."""
+        (arguments after the region handle) and the region descriptor `fd`;
+        `extra_fds` are the descriptors `payload` names (see `Spawning`)."""
         with self._lock:
             for attempt in range(2):
                 self._ensure()
@@ -238,7 +239,8 @@ class Launcher:
                     main_path = getattr(main, "__file__", None)
                     if main_path:
                         main_path = os.path.abspath(main_path)
-                    self._send(("start", token, payload, list(sys.path), os.getcwd(), main_path), [fd])
+                    self._send(("start", token, payload, list(sys.path), os.getcwd(), main_path),
+                               [fd, *extra_fds])
                 except OSError as e:
                     slot[1] = LauncherError(f"penny: the worker launcher is gone: {e}")
                     ev.set()
@@ -309,6 +311,51 @@ class Launcher:
             finally:
                 self._closing = False
 
+
+class Spawning:
+    """What multiprocessing's reducers ask of a process being started
+    (``context.get_spawning_popen()``): the payload of a worker may hold a
+    multiprocessing Queue, Lock or Connection (an Executor's `initargs`),
+    whose descriptors travel with the start message, as under
+    multiprocessing's own fork server."""
+
+    def __init__(self):
+        self.fds: list[int] = []
+
+    def duplicate_for_child(self, fd: int) -> int:
+        self.fds.append(fd)
+        return len(self.fds) - 1
+
+    class DupFd:
+        def __init__(self, ind: int):
+            self.ind = ind
+
+        def detach(self) -> int:
+            return _inherited[self.ind]
+
+
+def dumps_for_worker(obj) -> bytes:
+    """Pickle a worker's start arguments: cloudpickle (an Executor's
+    initializer may be a lambda) with multiprocessing's own reducers first
+    (Connections, and so Queues, send their descriptors through `Spawning`),
+    as multiprocessing's start channel pickles them."""
+    import collections
+    import io
+
+    import cloudpickle
+    from multiprocessing.reduction import ForkingPickler
+
+    class _Pickler(cloudpickle.Pickler):
+        dispatch_table = collections.ChainMap(ForkingPickler._extra_reducers, cloudpickle.Pickler.dispatch_table)
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+#: In a worker of the launcher: the descriptors its start message carried
+#: besides the region (Spawning.DupFd indexes them).
+_inherited: list = []
 
 _launcher: Launcher | None = None
 _launcher_lock = threading.Lock()
@@ -493,9 +540,7 @@ def serve(fd: int, main_pid: int) -> None:
         msg = pickle.loads(data)
         if msg[0] == "start":
             _, token, payload, sys_path, cwd, main_path = msg
-            region_fd = fds[0]
-            for extra in fds[1:]:
-                os.close(extra)
+            region_fd, extra = fds[0], fds[1:]
             pid = os.fork()
             if pid == 0:
                 code = 1
@@ -505,10 +550,19 @@ def serve(fd: int, main_pid: int) -> None:
                     for f in [wake_r, wake_w, main_fd, *adopted.values()]:
                         if f >= 0:
                             os.close(f)
+                    _inherited[:] = extra
                     code = _run_worker(payload, region_fd, sys_path, cwd, main_path)
                 finally:
+                    try:  # flush what multiprocessing objects of the task buffer (a Queue's feeder)
+                        from multiprocessing import util
+
+                        util._exit_function()
+                    except BaseException:  # noqa: BLE001 - exiting anyway
+                        pass
                     os._exit(code)
             os.close(region_fd)
+            for f in extra:
+                os.close(f)
             children[pid] = None
             try:
                 pidfd = os.pidfd_open(pid)  # our unreaped child: this pid is still it

@@ -27,9 +27,9 @@ import logging
 import os
 import signal
 import threading
+from multiprocessing import context as mp_context
 from multiprocessing.connection import wait as wait_sentinels
 
-import cloudpickle
 
 from .. import _core
 from .._proc import oom_kills
@@ -100,8 +100,13 @@ class Supervisor:
             # Penny's own fork server (launcher.py): it never imports the
             # user's __main__, and its death is not the workers' death.
             # cloudpickle: an Executor's initializer may be a lambda.
-            payload = cloudpickle.dumps((sched._layout, w, self.static, sched._method, seed, options))
-            p = self._launcher.start(payload, sched._region.fd, f"penny-worker-{w}")
+            spawning = launcher.Spawning()
+            mp_context.set_spawning_popen(spawning)  # a Queue in initargs: its fds travel too
+            try:
+                payload = launcher.dumps_for_worker((sched._layout, w, self.static, sched._method, seed, options))
+            finally:
+                mp_context.set_spawning_popen(None)
+            p = self._launcher.start(payload, sched._region.fd, f"penny-worker-{w}", extra_fds=spawning.fds)
         else:
             if sched._method == "forkserver":  # no pidfds (Linux < 5.3): multiprocessing's
                 self.ctx.set_forkserver_preload(["penny.runtime.worker"])
