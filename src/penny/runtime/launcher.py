@@ -29,6 +29,7 @@ described as "exited (status lost with the launcher)".
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import os
 import pickle
 import select
@@ -239,7 +240,10 @@ class Launcher:
                     main_path = getattr(main, "__file__", None)
                     if main_path:
                         main_path = os.path.abspath(main_path)
-                    self._send(("start", token, payload, list(sys.path), os.getcwd(), main_path),
+                    # The authkey too, as multiprocessing gives its children the
+                    # parent's: a Manager's proxies among the arguments need it.
+                    authkey = bytes(multiprocessing.current_process().authkey)
+                    self._send(("start", token, payload, list(sys.path), os.getcwd(), main_path, authkey),
                                [fd, *extra_fds])
                 except OSError as e:
                     slot[1] = LauncherError(f"penny: the worker launcher is gone: {e}")
@@ -341,9 +345,9 @@ def dumps_for_worker(obj) -> bytes:
     as multiprocessing's start channel pickles them."""
     import collections
     import io
+    from multiprocessing.reduction import ForkingPickler
 
     import cloudpickle
-    from multiprocessing.reduction import ForkingPickler
 
     class _Pickler(cloudpickle.Pickler):
         dispatch_table = collections.ChainMap(ForkingPickler._extra_reducers, cloudpickle.Pickler.dispatch_table)
@@ -539,7 +543,7 @@ def serve(fd: int, main_pid: int) -> None:
             os._exit(0)
         msg = pickle.loads(data)
         if msg[0] == "start":
-            _, token, payload, sys_path, cwd, main_path = msg
+            _, token, payload, sys_path, cwd, main_path, authkey = msg
             region_fd, extra = fds[0], fds[1:]
             pid = os.fork()
             if pid == 0:
@@ -551,6 +555,7 @@ def serve(fd: int, main_pid: int) -> None:
                         if f >= 0:
                             os.close(f)
                     _inherited[:] = extra
+                    multiprocessing.current_process().authkey = authkey
                     code = _run_worker(payload, region_fd, sys_path, cwd, main_path)
                 finally:
                     try:  # flush what multiprocessing objects of the task buffer (a Queue's feeder)
