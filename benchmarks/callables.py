@@ -10,6 +10,9 @@ a. empty-task throughput, ``submit(fn, i)`` x N in flight then gather, for
    after a warm-up, and the first call's latency (submit to result, first
    time this callable is seen) for each.  Target: the ``__main__`` function
    and the partial within 10% of the named function after the first call.
+c. FunctionTable.route alone, in this process: the part of a submit that
+   differs between the kinds (an id, and the check that a by-value pickle
+   cannot have changed).
 b. lambda throughput, ``submit(lambda x: x, i)`` x N in flight then gather:
    Penny(2) vs loky's ``get_reusable_executor(2)`` (joblib's executor, which
    also pickles lambdas with cloudpickle).  Target: at least 10x loky.
@@ -88,6 +91,27 @@ def bench_kinds(n: int, reps: int) -> dict:
     return out
 
 
+def bench_route(n: int = 50_000, rounds: int = 7) -> dict:
+    """c. what differs between the kinds, alone: FunctionTable.route (the id,
+    and for a by-value callable the check that its pickle cannot have
+    changed), best of `rounds` alternating rounds, in this process."""
+    import timeit
+
+    kinds = {"named": tasks.noop, "__main__": main_noop, "partial": functools.partial(tasks.add, 0),
+             "lambda": lambda x: x}
+    with penny.Scheduler(2) as s:
+        for fn in kinds.values():
+            for _ in range(3):  # seen, registered, cached
+                s.submit(fn, 1).result()
+        route = s._functions.route
+        best = {k: float("inf") for k in kinds}
+        for _ in range(rounds):
+            for name, fn in kinds.items():
+                t = timeit.timeit(lambda: route(fn, (1,), None), number=n) / n
+                best[name] = min(best[name], t)
+    return {k: v * 1e6 for k, v in best.items()}
+
+
 def bench_vs_loky(n: int, reps: int) -> dict:
     import loky
 
@@ -120,6 +144,9 @@ def main() -> int:
     ok = all(kinds[k]["vs_named"] >= 0.90 for k in ("function of __main__ (by value)",
                                                      "functools.partial(tasks.add, 0)"))
     print(f"   target: __main__ function and partial within 10% of the named function: {'met' if ok else 'MISSED'}")
+    rt = bench_route(20_000 if args.quick else 50_000)
+    print("\nc. FunctionTable.route alone (the per-submit cost that differs), best of 7, us: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in rt.items()))
     ln = n // 4 if not args.quick else n // 5
     lk = bench_vs_loky(ln, reps)
     print(f"\nb. lambda throughput: submit(lambda x: x, i) x {ln:,} in flight, best of {reps}")
@@ -129,7 +156,7 @@ def main() -> int:
     print(f"\nDone in {perf() - t0:.1f} s; load average {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"kinds": kinds, "loky": lk, "n": n, "reps": reps}, f, indent=1)
+            json.dump({"kinds": kinds, "route_us": rt, "loky": lk, "n": n, "reps": reps}, f, indent=1)
     return 0
 
 
