@@ -22,6 +22,7 @@ are duck-typed (`_closed`, `_region`).
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
@@ -113,6 +114,19 @@ def main_module():
         mod.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
         sys.modules["__main__"] = mod
     return sys.modules["__main__"]
+
+
+#: Incremented in the child of every os.fork(): a scheduler made before the
+#: fork compares it with its own (no getpid() system call per submit).
+fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global fork_generation
+    fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def outside_spawned() -> list:

@@ -132,6 +132,7 @@ class Scheduler(Frontend):
         self._method = method
         self._retries = retries
         self._pid = os.getpid()  # the owning process: a fork of it may not use us
+        self._fork_generation = _context.fork_generation
         self._layout = Layout(
             workers=workers,
             deque_capacity=deque_capacity or config.DEQUE_CAPACITY,
@@ -216,16 +217,21 @@ class Scheduler(Frontend):
 
     def _foreign(self) -> bool:
         """True in a process forked from the one that made this scheduler."""
-        return os.getpid() != self._pid
+        return _context.fork_generation != self._fork_generation
 
     def _check_foreign(self) -> None:
-        if os.getpid() != self._pid:
+        if _context.fork_generation != self._fork_generation:
             raise SchedulerClosedError(
                 f"penny: this scheduler belongs to process {self._pid}; this process ({os.getpid()}) is a "
                 "fork of it and cannot use it: create a new Scheduler here"
             )
 
     def _check_open(self) -> None:
+        # On every submit: three attribute tests, the reasons only when one fails.
+        if self._closed or self._broken is not None or _context.fork_generation != self._fork_generation:
+            self._refuse()
+
+    def _refuse(self) -> None:
         self._check_foreign()
         if self._closed:
             raise SchedulerClosedError("penny: this scheduler was shut down; create a new one")
