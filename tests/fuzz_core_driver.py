@@ -126,6 +126,10 @@ def _cur(d):
     return d.draw(st.one_of(st.just(LAY.size - 64), offsets))
 
 
+def _batch(d):  # take_batch's area
+    return d.draw(st.one_of(st.just(LAY.size - L.BATCH_AREA_SIZE), offsets))
+
+
 # Each entry point: how to call it with drawn arguments.
 CALLS = {
     "load32": lambda s, d: s.load32(d.draw(offsets), d.draw(orders)),
@@ -189,7 +193,7 @@ CALLS = {
     "free_task": lambda s, d: s.free_task(d.draw(ints)),
     "pop_child": lambda s, d: s.pop_child(_deque(d), d.draw(ints), _cur(d)),
     "collect": lambda s, d: s.collect(d.draw(st.integers(-2, 64)), {}),
-    "take_batch": lambda s, d: s.take_batch(_queue(d), d.draw(ints), _deque(d), _cur(d)),
+    "take_batch": lambda s, d: s.take_batch(_queue(d), d.draw(ints), _deque(d), _cur(d), _batch(d)),
     "token_give": lambda s, d: s.token_give(d.draw(offsets), d.draw(ints), d.draw(offsets)),
     "token_take": lambda s, d: s.token_take(d.draw(offsets), d.draw(ints), d.draw(offsets)),
     "release": lambda s, d: (s.release(), s.load32(0)),

@@ -47,7 +47,8 @@ WORKER_POINTS = tuple(p for p in _killpoints.ALL_POINTS if p not in MAIN_POINTS)
 NTH = collections.defaultdict(lambda: 1, {
     "claim.after_cas": 2, "finish.after_result": 5, "settle.after_status": 5, "route.after_push": 3,
     "run_task.after_claim": 5, "run_task.after_run": 5, "spawn.after_count": 3, "spawn.after_push": 3,
-    "take_batch.after_pop": 1, "take_batch.after_mark": 1, "take_injected.after_take": 1,
+    "take_batch.after_pop": 1, "take_batch.after_mark": 1, "take_batch.after_push": 1,
+    "take_injected.after_take": 1,
     "park.announce": 2, "park.after_wait": 2,
 })
 
@@ -96,10 +97,7 @@ def _penny_shm_new(before):
 #: starts passing (a fix, or a workload that stopped reaching the point)
 #: fails the suite until this list is updated.
 GAPS = {
-    "take_batch.after_pop": "refs popped from the global ring are held only in a C local (item 6)",
-    "take_batch.after_mark": "all but the first ref of a batch are held only in a C local (item 6)",
     "spawn.after_count": "a phantom child keeps the doomed parent from being reaped (item 6)",
-    "pop_child.after_pop": "a ref popped back from our own deque is lost (item 6)",
     "token_give.after_mark": "F_SUSPENDED set with the token held: the task is never reaped",
     "spawn_slow.after_alloc": "a record taken for a child and never committed leaks (item 6)",
     "spawn_slow.after_encode": "a record taken for a child and never committed leaks (item 6)",

@@ -95,6 +95,24 @@ cl_pop(char *b, uint64_t mask)
     return x;
 }
 
+/* Owner only.  The ref cl_pop would return now, without taking it, or
+ * R_EMPTY.  Only the owner writes bottom and the slots below it, so the slot
+ * read keeps this value until the owner's next push or pop; a thief may
+ * still take it meanwhile (cl_pop then returns R_EMPTY).  Relaxed bottom
+ * (ours); acquire top, as in push: a stale top can only show an element a
+ * thief already took, which cl_pop then refuses. */
+static inline int64_t
+cl_peek(char *b, uint64_t mask)
+{
+    ai64 *top = (ai64 *)(b + DQ_TOP), *bottom = (ai64 *)(b + DQ_BOTTOM);
+    a64 *ring = (a64 *)(b + DQ_RING);
+    int64_t bt = atomic_load_explicit(bottom, memory_order_relaxed);
+    int64_t t = atomic_load_explicit(top, memory_order_acquire);
+    if (t >= bt)
+        return R_EMPTY;
+    return (int64_t)atomic_load_explicit(&ring[(bt - 1) & mask], memory_order_relaxed);
+}
+
 /* Any process.  Returns the ref, R_EMPTY, or R_RETRY (lost a race). */
 static inline int64_t
 cl_steal(char *b, uint64_t mask)

@@ -23,9 +23,10 @@
     X(ROUTE_AFTER_PUSH, "route.after_push")         /* completion pushed, collector not woken */ \
     X(SPAWN_AFTER_COUNT, "spawn.after_count")       /* parent.join += 1, child not pushed */    \
     X(SPAWN_AFTER_PUSH, "spawn.after_push")         /* child pushed on our deque */             \
-    X(TAKE_BATCH_AFTER_POP, "take_batch.after_pop") /* refs popped from the ring, not marked */ \
-    X(TAKE_BATCH_AFTER_MARK, "take_batch.after_mark") /* first marked, rest not pushed */       \
-    X(POP_CHILD_AFTER_POP, "pop_child.after_pop")   /* popped, parent not compared */           \
+    X(TAKE_BATCH_AFTER_POP, "take_batch.after_pop") /* refs popped, in the batch area only */ \
+    X(TAKE_BATCH_AFTER_MARK, "take_batch.after_mark") /* first in current, rest in the area  */ \
+    X(TAKE_BATCH_AFTER_PUSH, "take_batch.after_push") /* pushed, still in the area too */ \
+    X(POP_CHILD_AFTER_TAKE, "pop_child.after_take") /* our child popped, in current */           \
     X(INJECT_AFTER_COMMIT, "inject.after_commit")   /* QUEUED stored, not pushed (main) */      \
     X(COLLECT_AFTER_POP, "collect.after_pop")       /* popped a completion (main) */            \
     X(TOKEN_GIVE_AFTER_MARK, "token_give.after_mark") /* F_SUSPENDED set, token held */

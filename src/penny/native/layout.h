@@ -55,13 +55,21 @@
 #define F_RESULT_BLOB 2u     /* the result is pickled in the arena (else inline) */
 #define F_ARGS_CONSUMED 4u   /* the worker released the arguments */
 
+/* worker slice: take_batch's area (tasks.c), at an offset layout.py gives */
+#define TAKE_BATCH_MAX 64       /* most refs one take_batch pops */
+#define BATCH_COUNT 0           /* u64 refs recorded below (0: no batch in hand) */
+#define BATCH_BOTTOM 8          /* u64 the deque's bottom before the batch's pushes */
+#define BATCH_REFS 16           /* u64[TAKE_BATCH_MAX] the refs, oldest first */
+#define BATCH_AREA_SIZE (BATCH_REFS + 8 * TAKE_BATCH_MAX)
+
 /* Every constant above that layout.py has too: X(name) for each. */
 #define PENNY_LAYOUT_CONSTANTS(X)                                                   \
     X(RECORD_SIZE) X(R_STATE) X(R_FN) X(R_FLAGS) X(R_LINK) X(R_PARENT) X(R_ATTEMPTS) \
     X(R_JOIN) X(R_OWNER) X(R_INLINE) X(INLINE_SIZE)                                  \
     X(H_SLEEPERS) X(H_COLLECTOR) X(H_COLLECTOR_SLEEPERS) X(H_TASK_FREE)              \
     X(S_FREE) X(S_QUEUED) X(S_RUNNING) X(S_DONE)                                     \
-    X(F_ARGS_BLOB) X(F_RESULT_BLOB) X(F_ARGS_CONSUMED)
+    X(F_ARGS_BLOB) X(F_RESULT_BLOB) X(F_ARGS_CONSUMED) X(TAKE_BATCH_MAX)     \
+    X(BATCH_COUNT) X(BATCH_BOTTOM) X(BATCH_REFS) X(BATCH_AREA_SIZE)
 
 /* What the atomic accesses to these words need (set_tasks checked it at run
  * time while the values were passed in). */

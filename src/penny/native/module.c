@@ -7,7 +7,7 @@
 static PyMethodDef Shared_methods[] = {
     {"release", (PyCFunction)Shared_release, METH_NOARGS, "Release the buffer (idempotent)."},
     {"settle", (PyCFunction)(void (*)(void))S_settle, METH_FASTCALL, "settle(ref, status, current_off)"},
-    {"take_batch", (PyCFunction)(void (*)(void))S_take_batch, METH_FASTCALL, "take_batch(queue, max, deque, current_off) -> (first, count)"},
+    {"take_batch", (PyCFunction)(void (*)(void))S_take_batch, METH_FASTCALL, "take_batch(queue, max, deque, current_off, batch_off) -> (first, count)"},
     {"token_give", (PyCFunction)(void (*)(void))S_token_give, METH_FASTCALL, "token_give(flags_off, flag, join_off) -> join before"},
     {"token_take", (PyCFunction)(void (*)(void))S_token_take, METH_FASTCALL, "token_take(flags_off, flag, join_off)"},
     {"load32", (PyCFunction)(void (*)(void))S_load32, METH_FASTCALL, "load32(off, order=SEQ_CST)"},

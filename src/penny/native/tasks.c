@@ -545,8 +545,12 @@ S_enqueue_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return got ? PyLong_FromUnsignedLongLong(got) : NULL;
 }
 
-/* pop_child(deque_off, parent) -> ref or 0.  Owner: pop the bottom of its
- * deque if it is a child of `parent`; otherwise push it back and return 0. */
+/* pop_child(deque_off, parent, current_off=None) -> ref or 0.  Owner: pop
+ * the bottom of its deque if it is a child of `parent` (marking it taken in
+ * `current`, see mark_taken); otherwise leave it there and return 0.  The
+ * bottom is looked at before it is taken (cl_peek), so a ref that is not
+ * ours is never off the deque (was: popped and pushed back, and lost if we
+ * died in between: issue 12 item 6). */
 static PyObject *
 S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -558,25 +562,25 @@ S_pop_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *dq = deque_at(s, args[0], &dmask);
     if (!dq || as_u64(args[1], &parent) < 0)
         return NULL;
-    int64_t ref = cl_pop(dq, dmask);
+    int64_t ref = cl_peek(dq, dmask);
     if (ref <= 0)
         return PyLong_FromLong(0);
-    KILL_POINT(POP_CHILD_AFTER_POP);
     Py_ssize_t idx = (Py_ssize_t)(ref & 0xffffffff) - 1;
     if (idx < 0 || idx >= g->capacity)
         return PyErr_Format(PyExc_RuntimeError, "corrupt ref %lld in deque", (long long)ref);
     /* Relaxed: the record was published to us by our own push. */
     uint64_t p = atomic_load_explicit((a64 *)(s->base + g->tasks + idx * RECORD_SIZE + R_PARENT),
                                       memory_order_relaxed);
-    if (p == parent) {
-        if (mark_taken(s, args, nargs, 2, ref) < 0)
-            return NULL;
-        return PyLong_FromLongLong(ref);
-    }
-    /* Not ours to run here: put it back where it was (we are the owner and
-     * just emptied that slot, so the push cannot fail). */
-    cl_push(dq, dmask, (uint64_t)ref);
-    return PyLong_FromLong(0);
+    if (p != parent)
+        return PyLong_FromLong(0);
+    /* The same slot: `ref`, or R_EMPTY if a thief took it since the peek. */
+    ref = cl_pop(dq, dmask);
+    if (ref <= 0)
+        return PyLong_FromLong(0);
+    if (mark_taken(s, args, nargs, 2, ref) < 0)
+        return NULL;
+    KILL_POINT(POP_CHILD_AFTER_TAKE);
+    return PyLong_FromLongLong(ref);
 }
 
 /* Refs popped by collect that named no record (corrupt ring words). */
@@ -718,31 +722,56 @@ S_free_task(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* take_batch(queue, max, deque, current_off) -> (first ref or EMPTY, count).
- * A worker's batch from the global queue, in one call: pop up to `max` refs
- * (at most 64), mark the first as taken (see mark_taken) and push the others
- * on the worker's own deque, newest first so the oldest is popped next
- * (spilling back to the queue if the deque is full).  No ref is ever held
- * only by a Python frame. */
+/* take_batch(queue, max, deque, current_off, batch_off) -> (first ref or
+ * EMPTY, count).  A worker's batch from the global queue, in one call: pop up
+ * to `max` refs (at most TAKE_BATCH_MAX, and no more than its deque has room
+ * for), mark the first as taken (see mark_taken) and push the others on the
+ * worker's own deque, newest first so the oldest is popped next.
+ *
+ * No ref is ever only in this C frame: the worker's batch area (`batch_off`,
+ * BATCH_* in layout.h) records each ref as it is popped, the count after it,
+ * and the deque's bottom before the first push, so a supervisor that finds
+ * the worker dead anywhere in this call knows which refs are in `current`
+ * (the first, once marked), which are on the deque (the last `bottom - b0`
+ * pushed, newest first) and which only in the area: those it queues again
+ * (supervisor.py; docs/crash-model.md, "take_batch").  Each ref is in exactly
+ * one of those places, never two (a second copy would let two claimants
+ * write one record).  What is left is inside mq_pop, between its CAS and our
+ * store (the ring windows of the crash model).  Relaxed stores: only a
+ * supervisor reads the area, after this process is dead. */
 static PyObject *
 S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
-    NARGS(4, "take_batch");
+    NARGS(5, "take_batch");
     uint64_t qmask, dmask;
     char *q = queue_at(s, args[0], &qmask);
     char *dq = q ? deque_at(s, args[2], &dmask) : NULL;
-    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
-    if (!q || !dq || (max == -1 && PyErr_Occurred()))
+    char *area = dq ? (char *)addr(s, args[4], 8) : NULL;  /* aligned ... */
+    if (area && !span(s, area - s->base, BATCH_AREA_SIZE))  /* ... and all inside */
         return NULL;
-    int64_t refs[64];
-    if (max > 64)
-        max = 64;
+    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
+    if (!q || !dq || !area || (max == -1 && PyErr_Occurred()))
+        return NULL;
+    a64 *count = (a64 *)(area + BATCH_COUNT), *b0 = (a64 *)(area + BATCH_BOTTOM);
+    a64 *held = (a64 *)(area + BATCH_REFS);
+    if (max > TAKE_BATCH_MAX)
+        max = TAKE_BATCH_MAX;
+    /* Room on our deque: only we push, thieves only make more (acquire top,
+     * as in cl_push), so every push below succeeds and nothing spills. */
+    int64_t bottom = atomic_load_explicit((ai64 *)(dq + DQ_BOTTOM), memory_order_relaxed);
+    int64_t room = (int64_t)dmask + 1 - (bottom - atomic_load_explicit((ai64 *)(dq + DQ_TOP), memory_order_acquire));
+    if (max > room + 1)
+        max = room < 0 ? 1 : (Py_ssize_t)room + 1;
+    atomic_store_explicit(b0, (uint64_t)bottom, memory_order_relaxed);
+    int64_t refs[TAKE_BATCH_MAX];
     Py_ssize_t n = 0;
     while (n < max) {
         int64_t x = mq_pop(q, qmask);
         if (x == R_EMPTY)
             break;
+        atomic_store_explicit(&held[n], (uint64_t)x, memory_order_relaxed);
         refs[n++] = x;
+        atomic_store_explicit(count, (uint64_t)n, memory_order_relaxed);
     }
     if (n == 0)
         return Py_BuildValue("(Ln)", (long long)R_EMPTY, (Py_ssize_t)0);
@@ -750,9 +779,12 @@ S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (mark_taken(s, args, nargs, 3, refs[0]) < 0)
         return NULL;  /* a bad offset: a bug in the caller, caught in tests */
     KILL_POINT(TAKE_BATCH_AFTER_MARK);
-    for (Py_ssize_t i = n - 1; i >= 1; i--)
-        if (!cl_push(dq, dmask, (uint64_t)refs[i]) && !mq_push(q, qmask, (uint64_t)refs[i]))
-            return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
+    for (Py_ssize_t i = n - 1; i >= 1; i--) {
+        if (!cl_push(dq, dmask, (uint64_t)refs[i]))
+            return PyErr_Format(PyExc_RuntimeError, "deque full after its room was counted (broken invariant)");
+        KILL_POINT(TAKE_BATCH_AFTER_PUSH);
+    }
+    atomic_store_explicit(count, 0, memory_order_relaxed);  /* every ref handed on */
     return Py_BuildValue("(Ln)", (long long)refs[0], n);
 }
 

@@ -33,7 +33,7 @@ from multiprocessing.connection import wait as wait_sentinels
 
 from .. import _core
 from .._proc import oom_kills
-from ..errors import BrokenExecutorError, WorkerCrashedError
+from ..errors import BrokenExecutorError, CorruptRegionError, WorkerCrashedError
 from ..shm.layout import (
     F_ARGS_CONSUMED,
     F_DEAD,
@@ -42,6 +42,11 @@ from ..shm.layout import (
     S_DONE,
     S_FAILED,
     S_QUEUED,
+    BATCH_BOTTOM,
+    BATCH_COUNT,
+    BATCH_REFS,
+    TAKE_BATCH_MAX,
+    W_BATCH,
     W_CURRENT,
     W_PID,
 )
@@ -153,6 +158,29 @@ class Supervisor:
                 if self.sched._broken is not None:
                     return
 
+    def _requeue_batch(self, w: int, current: int) -> None:
+        """Queue again the refs a worker killed inside take_batch held only in
+        its batch area (native/tasks.c explains the area).  Exactly the refs
+        that are in no other place: never a second copy (two claimants of one
+        record would both write it)."""
+        s, lay, tasks = self.sched._s, self.sched._layout, self.sched._tasks
+        area = lay.slice(w) + W_BATCH
+        n = s.load64(area + BATCH_COUNT, _core.RELAXED)
+        if not n:
+            return
+        s.store64(area + BATCH_COUNT, 0, _core.RELAXED)
+        pushed = s.load64(lay.deque(w) + _core.DEQUE_BOTTOM, _core.RELAXED) - s.load64(area + BATCH_BOTTOM, _core.RELAXED)
+        if not 1 <= n <= TAKE_BATCH_MAX or not 0 <= pushed < n:
+            raise CorruptRegionError(f"penny: worker {w}'s batch area is corrupt (count {n}, pushed {pushed})")
+        refs = [s.load64(area + BATCH_REFS + 8 * i, _core.RELAXED) for i in range(n)]
+        # refs[0] is in `current` once marked; refs[n - pushed:] are on the deque.
+        for i, ref in enumerate(refs[:n - pushed]):
+            if i == 0 and ref == current:
+                continue
+            tasks.record(ref)  # bounds-checked: CorruptRegionError for a bad ref
+            if tasks.status(ref) != -1:  # QUEUED, or cancelled while queued: as the queue had it
+                s.queue_push(lay.injector, ref)
+
     def _recover(self, w: int, proc) -> None:
         sched = self.sched
         s, lay, tasks = sched._s, sched._layout, sched._tasks
@@ -185,7 +213,7 @@ class Supervisor:
         # 1. the tasks it held: the one it was running (retried if it can be)
         # and every other task whose frame lived in it (inline ancestors,
         # suspended continuations): they fail, once their children are done.
-        cur = s.load64(sl + W_CURRENT, _core.RELAXED)
+        cur = cur_was = s.load64(sl + W_CURRENT, _core.RELAXED)
         cur_status = tasks.status(cur) if cur else -1  # -1: recycled (another generation)
         if cur_status == S_QUEUED:
             # Taken (popped, stolen, batched: the take marks it) but not claimed:
@@ -199,6 +227,11 @@ class Supervisor:
             # never completes a future twice (docs/crash-model.md, "settle").
             s.publish(cur, 0)
             cur = 0
+        # ... and the refs of a take_batch it died in: recorded in its batch
+        # area as popped; the first is in `current` once marked (queued again
+        # just above), the last `bottom - b0` were pushed on its deque, newest
+        # first (stolen onto the queue below); the rest are nowhere else.
+        self._requeue_batch(w, cur_was)
         while s.queue_pop(lay.inbox(w)) > 0:
             pass  # continuations ready to resume: handled by the scan below
         for ref in dead_tasks(tasks, w):

@@ -40,6 +40,7 @@ from ..shm.layout import (
     S_DONE,
     S_FAILED,
     STAT_NAMES,
+    W_BATCH,
     W_CURRENT,
     W_ID,
     W_PID,
@@ -218,6 +219,7 @@ class Worker:
         self.tracing = False
         self.idle_since = 0
         self.current = self.slice + W_CURRENT   # offset of our "current task" word
+        self.batch = self.slice + W_BATCH       # take_batch's area (refs popped, not yet handed on)
         self.inbox = lay.inbox(wid)
         self.by_id = self.functions._by_id
         self.fork = ForkJoin(self)
@@ -472,8 +474,9 @@ class Worker:
         want = min(config.INJECTOR_BATCH, 1 + backlog // self.lay.workers)
         # One C call pops the batch, marks the first ref as ours and pushes the
         # rest on our deque (oldest at the bottom, so we run them in submission
-        # order; others may steal them from the top): no ref is lost if we die.
-        ref, n = s.take_batch(inj, want, self.own, self.current)
+        # order; others may steal them from the top); each popped ref is in
+        # our batch area until then: none is lost if we die (crash-model.md).
+        ref, n = s.take_batch(inj, want, self.own, self.current, self.batch)
         if not n:
             return _EMPTY
         if _killpoints.ARMED:

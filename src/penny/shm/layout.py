@@ -43,7 +43,7 @@ from functools import cached_property
 from .. import _core
 
 MAGIC = 0x59_4E_4E_45_50_0A_0D_01  # b"\x01\r\n\nPENNY" little-endian-ish; fixed
-VERSION = 4
+VERSION = 5
 LINE = 64
 
 # ---- header fields (byte offsets from 0) ----
@@ -107,7 +107,15 @@ STAT_NAMES = (
     "resumes",         # suspended tasks resumed
     "idle_ns",         # nanoseconds spent looking for work, spinning or parked
 )
-W_DEQUE = W_STATS + (8 * len(STAT_NAMES) + LINE - 1) // LINE * LINE
+W_BATCH = W_STATS + (8 * len(STAT_NAMES) + LINE - 1) // LINE * LINE
+# ^ take_batch's area: what a worker killed inside take_batch leaves for the
+#   supervisor (native/tasks.c, docs/crash-model.md "take_batch")
+TAKE_BATCH_MAX = 64    # most refs one take_batch pops
+BATCH_COUNT = 0        # u64 refs recorded (0: no batch in hand)
+BATCH_BOTTOM = 8       # u64 the deque's bottom before the batch's pushes
+BATCH_REFS = 16        # u64[TAKE_BATCH_MAX] the refs popped, oldest first
+BATCH_AREA_SIZE = BATCH_REFS + 8 * TAKE_BATCH_MAX
+W_DEQUE = W_BATCH + (BATCH_AREA_SIZE + LINE - 1) // LINE * LINE
 # ^ Chase-Lev deque (header + ring); the worker's inbox ring follows it
 
 # ---- task record fields (byte offsets from the record) ----
