@@ -98,7 +98,6 @@ def _penny_shm_new(before):
 #: fails the suite until this list is updated.
 GAPS = {
     "spawn.after_count": "a phantom child keeps the doomed parent from being reaped (item 6)",
-    "token_give.after_mark": "F_SUSPENDED set with the token held: the task is never reaped",
     "spawn_slow.after_alloc": "a record taken for a child and never committed leaks (item 6)",
     "spawn_slow.after_encode": "a record taken for a child and never committed leaks (item 6)",
 }

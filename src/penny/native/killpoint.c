@@ -29,7 +29,7 @@
     X(POP_CHILD_AFTER_TAKE, "pop_child.after_take") /* our child popped, in current */           \
     X(INJECT_AFTER_COMMIT, "inject.after_commit")   /* QUEUED stored, not pushed (main) */      \
     X(COLLECT_AFTER_POP, "collect.after_pop")       /* popped a completion (main) */            \
-    X(TOKEN_GIVE_AFTER_MARK, "token_give.after_mark") /* F_SUSPENDED set, token held */
+    X(TOKEN_GIVE_AFTER_GIVE, "token_give.after_give") /* token traded for JOIN_GIVEN */
 
 enum {
     KP_NONE = 0,

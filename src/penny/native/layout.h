@@ -33,7 +33,7 @@
 #define R_LINK 16       /* u64 free-list link */
 #define R_PARENT 24     /* u64 ref of the parent task (0 for a root task) */
 #define R_ATTEMPTS 48   /* u32 times the task was started (crash retries) */
-#define R_JOIN 52       /* u32 1 (the running task's token) + children not yet finished */
+#define R_JOIN 52       /* u32 the token (1 held, JOIN_GIVEN given up) + children not yet finished */
 #define R_OWNER 56      /* u32 worker running the task (where its continuation lives) */
 #define R_INLINE 64     /* inline arguments, then the inline result */
 #define INLINE_SIZE (RECORD_SIZE - R_INLINE)
@@ -55,6 +55,10 @@
 #define F_RESULT_BLOB 2u     /* the result is pickled in the arena (else inline) */
 #define F_ARGS_CONSUMED 4u   /* the worker released the arguments */
 
+/* The join word's token: a running task holds 1; `token_give` trades it for
+ * JOIN_GIVEN in one RMW, so the word alone says whether the token is gone. */
+#define JOIN_GIVEN 0x80000000u
+
 /* worker slice: take_batch's area (tasks.c), at an offset layout.py gives */
 #define TAKE_BATCH_MAX 64       /* most refs one take_batch pops */
 #define BATCH_COUNT 0           /* u64 refs recorded below (0: no batch in hand) */
@@ -69,7 +73,7 @@
     X(H_SLEEPERS) X(H_COLLECTOR) X(H_COLLECTOR_SLEEPERS) X(H_TASK_FREE)              \
     X(S_FREE) X(S_QUEUED) X(S_RUNNING) X(S_DONE)                                     \
     X(F_ARGS_BLOB) X(F_RESULT_BLOB) X(F_ARGS_CONSUMED) X(TAKE_BATCH_MAX)     \
-    X(BATCH_COUNT) X(BATCH_BOTTOM) X(BATCH_REFS) X(BATCH_AREA_SIZE)
+    X(BATCH_COUNT) X(BATCH_BOTTOM) X(BATCH_REFS) X(BATCH_AREA_SIZE) X(JOIN_GIVEN)
 
 /* What the atomic accesses to these words need (set_tasks checked it at run
  * time while the values were passed in). */

@@ -364,7 +364,8 @@ route(Shared *s, uint64_t ref, uint64_t parent)
         return -1;
     }
     char *prec = s->base + g->tasks + pidx * RECORD_SIZE;
-    if (atomic_fetch_sub_explicit((a32 *)(prec + R_JOIN), 1, memory_order_acq_rel) == 1) {
+    /* The last child of a parent that gave its token up (JOIN_GIVEN + 1 before). */
+    if (atomic_fetch_sub_explicit((a32 *)(prec + R_JOIN), 1, memory_order_acq_rel) == JOIN_GIVEN + 1) {
         /* Relaxed: the owner was stored before the parent's token release,
          * which our acq_rel RMW synchronised with. */
         uint32_t owner = atomic_load_explicit((a32 *)(prec + R_OWNER), memory_order_relaxed);
@@ -788,42 +789,36 @@ S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(Ln)", (long long)refs[0], n);
 }
 
-/* token_give(flags_off, flag, join_off) -> the join count before.  A task
- * about to suspend: mark it suspended (flag in its record's flags) and give
- * up its join token, back to back, so a supervisor that finds the worker
- * dead sees both or (in a window of one instruction) neither.  The flags
- * word is written only by the task's owner; relaxed, ordered before the
- * acq_rel RMW (which pairs with the children's decrements). */
+/* token_give(join_off) -> the join word before.  A task about to suspend
+ * gives up its join token: 1 becomes JOIN_GIVEN in one RMW, so a supervisor
+ * that finds the worker dead reads from the word alone whether the token is
+ * gone (was: a flag set before the decrement, and a death between the two
+ * left a task that was never reaped: issue 12 item 6).  Acq_rel: pairs with
+ * the children's decrements (their results, our private writes).  The word
+ * before is 1 when no child is outstanding: the caller takes the token back. */
 static PyObject *
 S_token_give(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
-    NARGS(3, "token_give");
-    uint64_t flag;
-    a32 *flags = addr(s, args[0], 4);
-    a32 *join = addr(s, args[2], 4);
-    if (!flags || !join || as_u64(args[1], &flag) < 0)
+    NARGS(1, "token_give");
+    a32 *join = addr(s, args[0], 4);
+    if (!join)
         return NULL;
-    atomic_store_explicit(flags, atomic_load_explicit(flags, memory_order_relaxed) | (uint32_t)flag,
-                          memory_order_relaxed);
-    KILL_POINT(TOKEN_GIVE_AFTER_MARK);
-    return PyLong_FromUnsignedLong(atomic_fetch_sub_explicit(join, 1, memory_order_acq_rel));
+    uint32_t before = atomic_fetch_add_explicit(join, JOIN_GIVEN - 1, memory_order_acq_rel);
+    KILL_POINT(TOKEN_GIVE_AFTER_GIVE);
+    return PyLong_FromUnsignedLong(before);
 }
 
-/* token_take(flags_off, flag, join_off): a resumed task (every child done, the
- * count is 0) takes its token back and clears the mark, back to back.
- * Relaxed: no child of ours is outstanding, nobody else writes them now. */
+/* token_take(join_off): a resumed task (every child done, the word is
+ * JOIN_GIVEN) takes its token back.  Relaxed: no child of ours is
+ * outstanding, nobody else writes the word now. */
 static PyObject *
 S_token_take(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
-    NARGS(3, "token_take");
-    uint64_t flag;
-    a32 *flags = addr(s, args[0], 4);
-    a32 *join = addr(s, args[2], 4);
-    if (!flags || !join || as_u64(args[1], &flag) < 0)
+    NARGS(1, "token_take");
+    a32 *join = addr(s, args[0], 4);
+    if (!join)
         return NULL;
     atomic_store_explicit(join, 1, memory_order_relaxed);
-    atomic_store_explicit(flags, atomic_load_explicit(flags, memory_order_relaxed) & ~(uint32_t)flag,
-                          memory_order_relaxed);
     Py_RETURN_NONE;
 }
 

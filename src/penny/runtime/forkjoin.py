@@ -43,8 +43,8 @@ from greenlet import getcurrent
 from .. import _context, _core, _killpoints, config
 from ..errors import ArgumentPicklingError, NotImportableError, PennyError
 from ..shm.layout import (
-    F_SUSPENDED,
     H_IDLE,
+    JOIN_GIVEN,
     S_DONE,
     S_FAILED,
     S_RUNNING,
@@ -281,7 +281,7 @@ class ForkJoin(_core.ForkCore):
     def suspend(self, parent: int, rec: int) -> None:
         """Park this fiber until every published child of `parent` (record `rec`) has finished."""
         s = self.s
-        join, flags = self.w.tasks.join_offset(rec), self.w.tasks.flags_offset(rec)
+        join = self.w.tasks.join_offset(rec)
         # Whatever this fiber still holds privately goes where others can run it.
         kept = []
         while True:
@@ -293,13 +293,13 @@ class ForkJoin(_core.ForkCore):
         self.suspended[parent] = getcurrent()
         saved = (self.task, self.depth)
         self.w.counts["suspends"] += 1
-        # Mark the task suspended and give up its token (AcqRel: pairs with the
-        # children's decrements); the mark tells a supervisor that finds this
-        # worker dead that the token is gone (supervisor.py).
-        if s.token_give(flags, F_SUSPENDED, join) == 1:
+        # Give up its token: one RMW that leaves JOIN_GIVEN in the join word
+        # (AcqRel: pairs with the children's decrements), which tells a
+        # supervisor that finds this worker dead that the token is gone.
+        if s.token_give(join) == 1:
             # Every child finished in the meantime: no one will post us.
             del self.suspended[parent]
-            s.token_take(flags, F_SUSPENDED, join)
+            s.token_take(join)
             self.swap_private(kept)
             return
         if _killpoints.ARMED:
@@ -316,7 +316,7 @@ class ForkJoin(_core.ForkCore):
         # Resumed by our own loop: all children are done, the count is 0.
         self.task, self.depth = saved
         self.swap_private(kept)
-        s.token_take(flags, F_SUSPENDED, join)  # token back, mark cleared
+        s.token_take(join)  # token back
         if _killpoints.ARMED:
             _killpoints.hit("resume.after_take")
 
@@ -328,7 +328,7 @@ class ForkJoin(_core.ForkCore):
         w = self.w
         tasks = w.tasks
         rec = tasks.record(ref)
-        if tasks.status(ref) == S_RUNNING and tasks.owner(rec) == w.wid and tasks.join(rec) == 0:
+        if tasks.status(ref) == S_RUNNING and tasks.owner(rec) == w.wid and tasks.join(rec) == JOIN_GIVEN:
             reap(tasks, w.arena, ref,
                  f"penny: the worker running this task (worker {w.wid}) died while it was suspended in "
                  "sync (its Python frame is lost)")

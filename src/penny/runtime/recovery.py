@@ -14,7 +14,6 @@ from ..shm.layout import (
     F_ARGS_CONSUMED,
     F_DEAD,
     F_RESULT_BLOB,
-    F_SUSPENDED,
     H_SCRATCH,
     S_DONE,
     S_FAILED,
@@ -75,7 +74,7 @@ def reap(tasks, arena, ref: int, why: str) -> None:
     rec = tasks.record(ref)
     free_finished_children(tasks, arena, ref)
     doom(tasks, arena, ref, why)
-    tasks.set_flags(rec, tasks.flags(rec) & ~(F_SUSPENDED | F_DEAD))
+    tasks.set_flags(rec, tasks.flags(rec) & ~F_DEAD)
     # Status (release: the outcome first) and routing in one call; current_off
     # is a scratch word nobody reads (the task is nobody's current any more).
     tasks.s.settle(ref, S_FAILED, H_SCRATCH)

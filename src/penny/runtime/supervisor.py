@@ -37,8 +37,8 @@ from ..errors import BrokenExecutorError, CorruptRegionError, WorkerCrashedError
 from ..shm.layout import (
     F_ARGS_CONSUMED,
     F_DEAD,
-    F_SUSPENDED,
     H_SLEEPERS,
+    JOIN_GIVEN,
     S_DONE,
     S_FAILED,
     S_QUEUED,
@@ -238,7 +238,8 @@ class Supervisor:
             rec = tasks.record(ref)
             flags = tasks.flags(rec)
             join = tasks.join(rec)
-            if ref == cur and join == 1 and not flags & F_SUSPENDED:
+            given = join & JOIN_GIVEN  # its token is gone: suspended in sync, or doomed before
+            if ref == cur and join == 1:
                 started = tasks.count_start(rec)
                 intact = not flags & F_ARGS_CONSUMED
                 if intact and started <= sched._retries:
@@ -257,18 +258,17 @@ class Supervisor:
                 )
             else:
                 why = (f"penny: worker {w} (pid {proc.pid}) {how} while this task was "
-                       f"{'suspended in sync' if flags & F_SUSPENDED else 'running'} on it (its Python frame is lost)")
+                       f"{'suspended in sync' if given else 'running'} on it (its Python frame is lost)")
             if not flags & F_DEAD:  # else an earlier death of this slot doomed it already
                 log.warning("penny: task %#x fails with WorkerCrashedError: %s", ref, why)
                 doom(tasks, sched._arena, ref, why)
-            if join == 0:
+            if join == JOIN_GIVEN:  # no child outstanding
                 reap(tasks, sched._arena, ref, why)
-            elif not flags & F_SUSPENDED:
-                # Give up its token for it, marked first (the mark means "the
-                # token is gone"), so that a later death of this slot, while
-                # the task still waits here for its children, leaves it alone.
-                tasks.set_flags(rec, tasks.flags(rec) | F_SUSPENDED)  # flags as doom left them
-                if tasks.drop_join(rec) == 1:
+            elif not given:
+                # Give up its token for it (one RMW that leaves JOIN_GIVEN in
+                # the word, so that a later death of this slot, while the task
+                # still waits here for its children, leaves the token alone).
+                if tasks.give_token(rec) == 1:
                     reap(tasks, sched._arena, ref, why)
             # Else children are still running: the last one to finish posts this
             # task to worker w's inbox, and w's replacement reaps it (worker.py).

@@ -128,7 +128,8 @@ R_PARENT = 24          # u64 ref of the parent task (0 for a root task)
 R_BLOB = 32            # u64 arena offset of pickled args, then of the pickled result
 R_BLOB_LEN = 40        # u64 its length in bytes
 R_ATTEMPTS = 48        # u32 times the task was started (crash retries)
-R_JOIN = 52            # u32 1 (the running task's token) + children not yet finished
+R_JOIN = 52            # u32 the token (1 held, JOIN_GIVEN given up) + children not yet finished
+JOIN_GIVEN = 0x8000_0000  # the join word of a task that gave its token up (suspended, or doomed)
 R_OWNER = 56           # u32 worker running the task (where its continuation lives)
 R_INLINE = 64          # inline arguments, then the inline result
 INLINE_SIZE = RECORD_SIZE - R_INLINE
@@ -148,7 +149,6 @@ STATUS_NAMES = {S_FREE: "free", S_QUEUED: "queued", S_RUNNING: "running", S_DONE
 F_ARGS_BLOB = 1        # arguments are pickled in the arena (else inline)
 F_RESULT_BLOB = 2      # the result is pickled in the arena (else inline)
 F_ARGS_CONSUMED = 4    # the worker released the arguments: a crash now cannot be retried
-F_SUSPENDED = 8        # the task's join token is given up (it suspended in sync, or its worker died)
 F_DEAD = 16            # its worker died: the blob holds its WorkerCrashedError (supervisor.doom)
 
 # ---- arena block header ----

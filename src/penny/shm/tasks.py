@@ -22,6 +22,7 @@ from ..errors import PennyError
 from .layout import (
     H_TASK_FREE,
     INLINE_SIZE,
+    JOIN_GIVEN,
     R_ATTEMPTS,
     R_BLOB,
     R_BLOB_LEN,
@@ -40,7 +41,6 @@ from .layout import (
 
 GEN_MASK = 0x7FFF_FFFF  # generations stay below 2**31 so refs are positive int64
 _R = _core.RELAXED
-_MINUS_ONE = 0xFFFF_FFFF  # 32-bit fetch_add of -1
 
 
 class TaskTable:
@@ -118,10 +118,11 @@ class TaskTable:
         so their results are visible once the count is seen low."""
         return self._load32(rec + R_JOIN, _core.ACQUIRE)
 
-    def drop_join(self, rec: int) -> int:
-        """Give up one count (a token or a child); the count before.  AcqRel: the
-        decrement publishes this side's writes and sees the others'."""
-        return self.s.fetch_add32(rec + R_JOIN, _MINUS_ONE, _core.ACQ_REL)
+    def give_token(self, rec: int) -> int:
+        """Give up the token of a task that holds it (1 -> JOIN_GIVEN, in one
+        RMW); the join word before (1: no child is outstanding).  AcqRel: as
+        the task's own token_give, paired with the children's decrements."""
+        return self.s.fetch_add32(rec + R_JOIN, JOIN_GIVEN - 1, _core.ACQ_REL)
 
     def count_start(self, rec: int) -> int:
         """Add one to the times the task was started; the new count (relaxed:
