@@ -194,6 +194,7 @@ CALLS = {
     "pop_child": lambda s, d: s.pop_child(_deque(d), d.draw(ints), _cur(d)),
     "collect": lambda s, d: s.collect(d.draw(st.integers(-2, 64)), {}),
     "take_batch": lambda s, d: s.take_batch(_queue(d), d.draw(ints), _deque(d), _cur(d), _batch(d)),
+    "alloc_child": lambda s, d: s.alloc_child(_cur(d)),
     "token_give": lambda s, d: s.token_give(d.draw(offsets)),
     "token_take": lambda s, d: s.token_take(d.draw(offsets)),
     "release": lambda s, d: (s.release(), s.load32(0)),

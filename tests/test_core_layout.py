@@ -18,7 +18,7 @@ from penny.shm import layout
 # Every constant layout.h shares with layout.py (record fields, header words,
 # statuses, flags, the take_batch area): the set the import check covers.
 SHARED_NAMES = {
-    "RECORD_SIZE", "R_STATE", "R_FN", "R_FLAGS", "R_LINK", "R_PARENT", "R_ATTEMPTS",
+    "RECORD_SIZE", "R_STATE", "R_FN", "R_FLAGS", "R_LINK", "R_PARENT", "R_BLOB", "R_BLOB_LEN", "R_ATTEMPTS",
     "R_JOIN", "R_OWNER", "R_INLINE", "INLINE_SIZE",
     "H_SLEEPERS", "H_COLLECTOR", "H_COLLECTOR_SLEEPERS", "H_TASK_FREE",
     "S_FREE", "S_QUEUED", "S_RUNNING", "S_DONE",

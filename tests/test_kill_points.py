@@ -92,14 +92,11 @@ def _penny_shm_new(before):
     return [n for n in set(os.listdir("/dev/shm")) - before if "penny" in n]
 
 
-#: The windows docs/crash-model.md lists as gaps (issue 12 item 6 and the
-#: token mark): each case is expected to fail, strictly, so a case that
+#: The windows docs/crash-model.md lists as gaps (issue 12 item 6): each case is expected to fail, strictly, so a case that
 #: starts passing (a fix, or a workload that stopped reaching the point)
 #: fails the suite until this list is updated.
 GAPS = {
     "spawn.after_count": "a phantom child keeps the doomed parent from being reaped (item 6)",
-    "spawn_slow.after_alloc": "a record taken for a child and never committed leaks (item 6)",
-    "spawn_slow.after_encode": "a record taken for a child and never committed leaks (item 6)",
 }
 
 

@@ -32,6 +32,8 @@
 #define R_FLAGS 12      /* u32 F_* bits */
 #define R_LINK 16       /* u64 free-list link */
 #define R_PARENT 24     /* u64 ref of the parent task (0 for a root task) */
+#define R_BLOB 32       /* u64 arena offset of pickled args, then of the pickled result */
+#define R_BLOB_LEN 40   /* u64 its length in bytes */
 #define R_ATTEMPTS 48   /* u32 times the task was started (crash retries) */
 #define R_JOIN 52       /* u32 the token (1 held, JOIN_GIVEN given up) + children not yet finished */
 #define R_OWNER 56      /* u32 worker running the task (where its continuation lives) */
@@ -68,7 +70,7 @@
 
 /* Every constant above that layout.py has too: X(name) for each. */
 #define PENNY_LAYOUT_CONSTANTS(X)                                                   \
-    X(RECORD_SIZE) X(R_STATE) X(R_FN) X(R_FLAGS) X(R_LINK) X(R_PARENT) X(R_ATTEMPTS) \
+    X(RECORD_SIZE) X(R_STATE) X(R_FN) X(R_FLAGS) X(R_LINK) X(R_PARENT) X(R_BLOB) X(R_BLOB_LEN) X(R_ATTEMPTS) \
     X(R_JOIN) X(R_OWNER) X(R_INLINE) X(INLINE_SIZE)                                  \
     X(H_SLEEPERS) X(H_COLLECTOR) X(H_COLLECTOR_SLEEPERS) X(H_TASK_FREE)              \
     X(S_FREE) X(S_QUEUED) X(S_RUNNING) X(S_DONE)                                     \

@@ -45,6 +45,7 @@ static PyMethodDef Shared_methods[] = {
     {"finish", (PyCFunction)(void (*)(void))S_finish, METH_FASTCALL, "finish(ref, value, current_off) -> bool"},
     {"publish", (PyCFunction)(void (*)(void))S_publish, METH_FASTCALL, "publish(ref, parent): route a finished task"},
     {"enqueue", (PyCFunction)(void (*)(void))S_enqueue, METH_FASTCALL, "enqueue(ref, fid, flags, future, futures) -> ref: inject for a record Python filled"},
+    {"alloc_child", (PyCFunction)(void (*)(void))S_alloc_child, METH_FASTCALL, "alloc_child(held_off) -> ref or 0: a record for a child Python fills, marked held"},
     {"enqueue_child", (PyCFunction)(void (*)(void))S_enqueue_child, METH_FASTCALL, "enqueue_child(ref, fid, flags, parent, deque_off) -> ref: spawn for a record Python filled"},
     {"spawn", (PyCFunction)(void (*)(void))S_spawn, METH_FASTCALL, "spawn(fid, args, parent, deque_off) -> ref, 0 or -1"},
     {"bump", (PyCFunction)(void (*)(void))S_bump, METH_FASTCALL, "bump(off, size, limit) -> old or -1"},

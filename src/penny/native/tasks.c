@@ -461,6 +461,45 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* alloc_child(held_off) -> ref, or 0 when no record is free.  A worker's
+ * record for a child whose arguments Python encodes (Worker.spawn_slow):
+ * taken from the free list, its blob fields cleared (an offset left from the
+ * record's last life must never be freed as this child's), and its ref stored
+ * in the worker's `held` word, in this one call.  A supervisor that finds the
+ * worker dead with `held` naming a record still FREE of that generation
+ * (taken, never committed by enqueue_child, nor given back: both change the
+ * state word) frees its blob and the record (supervisor.py; crash-model.md,
+ * "spawn_slow"); any other state means the word is stale, so nobody clears
+ * it.  Relaxed: we own the record (popped with acquire); only a supervisor
+ * reads `held`, after our death. */
+static PyObject *
+S_alloc_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(1, "alloc_child");
+    if (need_tasks(s) < 0)
+        return NULL;
+    a64 *held = addr(s, args[0], 8);
+    if (!held)
+        return NULL;
+    TaskGeometry *g = &s->g;
+    char *tbase = s->base + g->tasks;
+    ptrdiff_t idx = tagged_pop((a64 *)(s->base + H_TASK_FREE), tbase, RECORD_SIZE, R_LINK, g->capacity);
+    if (idx == TS_CORRUPT)
+        return corrupt("penny: corrupt task free list head %llu (names no record of %zd)",
+                       (unsigned long long)atomic_load_explicit((a64 *)(s->base + H_TASK_FREE),
+                                                                memory_order_relaxed),
+                       g->capacity);
+    if (idx < 0)
+        return PyLong_FromLong(0);
+    char *rec = tbase + idx * RECORD_SIZE;
+    atomic_store_explicit((a64 *)(rec + R_BLOB), 0, memory_order_relaxed);
+    atomic_store_explicit((a64 *)(rec + R_BLOB_LEN), 0, memory_order_relaxed);
+    uint64_t gen = atomic_load_explicit((a64 *)(rec + R_STATE), memory_order_relaxed) & GEN_MASK;
+    uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
+    atomic_store_explicit(held, ref, memory_order_relaxed);
+    return PyLong_FromUnsignedLongLong(ref);
+}
+
 /* A child's last steps, shared by spawn and enqueue_child: count it on the
  * parent's join, commit the record, push it on the worker's own deque
  * (spilled to the global queue when full), wake one sleeper to steal it.

@@ -17,6 +17,7 @@ from ..shm.layout import (
     H_SCRATCH,
     S_DONE,
     S_FAILED,
+    S_FREE,
     S_RUNNING,
 )
 from ..wire import marshal
@@ -78,3 +79,20 @@ def reap(tasks, arena, ref: int, why: str) -> None:
     # Status (release: the outcome first) and routing in one call; current_off
     # is a scratch word nobody reads (the task is nobody's current any more).
     tasks.s.settle(ref, S_FAILED, H_SCRATCH)
+
+
+def free_uncommitted(tasks, arena, ref: int) -> bool:
+    """Free the record a dead worker took for a child (`alloc_child`) and
+    never committed: still FREE of the ref's generation.  Its blob, if the
+    arguments were stored, goes with it (alloc_child cleared the fields, so
+    a nonzero offset is this child's).  False, touching nothing, for a stale
+    ref (committed, or given back: the state word changed)."""
+    rec = tasks.record(ref)  # bounds-checked: the word came from the region
+    if tasks.status(ref) != S_FREE:
+        return False
+    off, n = tasks.blob(rec)
+    if off:
+        tasks.set_blob(rec, 0, 0)
+        marshal.free_blob(arena, off, n)
+    tasks.free(ref)
+    return True

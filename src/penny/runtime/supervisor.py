@@ -48,11 +48,12 @@ from ..shm.layout import (
     TAKE_BATCH_MAX,
     W_BATCH,
     W_CURRENT,
+    W_HELD,
     W_PID,
 )
 from ..shm.parking import AWAKE
 from . import launcher, worker
-from .recovery import dead_tasks, doom, free_finished_children, reap
+from .recovery import dead_tasks, doom, free_finished_children, free_uncommitted, reap
 
 _MINUS_ONE = 0xFFFF_FFFF
 log = logging.getLogger("penny.supervisor")
@@ -232,6 +233,11 @@ class Supervisor:
         # just above), the last `bottom - b0` were pushed on its deque, newest
         # first (stolen onto the queue below); the rest are nowhere else.
         self._requeue_batch(w, cur_was)
+        # ... and a record it took for a child and never committed (spawn_slow).
+        held = s.load64(sl + W_HELD, _core.RELAXED)
+        if held:
+            s.store64(sl + W_HELD, 0, _core.RELAXED)
+            free_uncommitted(tasks, sched._arena, held)
         while s.queue_pop(lay.inbox(w)) > 0:
             pass  # continuations ready to resume: handled by the scan below
         for ref in dead_tasks(tasks, w):

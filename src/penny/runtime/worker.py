@@ -42,6 +42,7 @@ from ..shm.layout import (
     STAT_NAMES,
     W_BATCH,
     W_CURRENT,
+    W_HELD,
     W_ID,
     W_PID,
 )
@@ -220,6 +221,7 @@ class Worker:
         self.idle_since = 0
         self.current = self.slice + W_CURRENT   # offset of our "current task" word
         self.batch = self.slice + W_BATCH       # take_batch's area (refs popped, not yet handed on)
+        self.held = self.slice + W_HELD         # alloc_child's mark (a child's record not yet committed)
         self.inbox = lay.inbox(wid)
         self.by_id = self.functions._by_id
         self.fork = ForkJoin(self)
@@ -420,7 +422,10 @@ class Worker:
         The arguments are encoded here; `Shared.enqueue_child` takes the steps
         it shares with `Shared.spawn` (count it on the parent, publish, push, wake)."""
         tasks = self.tasks
-        ref = tasks.alloc()
+        # Taken and marked in our `held` word in one call: a death from here
+        # until enqueue_child commits it leaves the record (and its blob) for
+        # the supervisor to free (crash-model.md, "spawn_slow").
+        ref = self.s.alloc_child(self.held)
         if not ref:
             return 0
         if _killpoints.ARMED:

@@ -91,6 +91,7 @@ W_STATE = 0            # u32 parking word: AWAKE/SLEEPY/SLEEPING/NOTIFIED (futex
 W_ID = 4               # u32
 W_PID = 8              # u32 pid of the process serving this slice
 W_CURRENT = 16         # u64 ref of the task being run (0 when none)
+W_HELD = 24            # u64 ref of the record last taken for a child by alloc_child (a supervisor frees it if it was never committed)
 W_STATS = LINE         # u64 counters, one cache line written by the owner only
 STAT_NAMES = (
     "tasks",           # tasks run to completion (or failure)
