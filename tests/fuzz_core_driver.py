@@ -126,6 +126,15 @@ def _cur(d):
     return d.draw(st.one_of(st.just(LAY.size - 64), offsets))
 
 
+def _held(d):  # the held words of a spawn
+    return d.draw(st.one_of(st.sampled_from([LAY.slice(0) + L.W_HELD, LAY.size - L.HELD_SIZE]), offsets))
+
+
+def _record(d):  # a record's offset, for the token operations
+    return d.draw(st.one_of(st.integers(0, LAY.task_capacity - 1).map(lambda i: LAY.tasks + i * L.RECORD_SIZE),
+                            offsets))
+
+
 def _batch(d):  # take_batch's area
     return d.draw(st.one_of(st.just(LAY.size - L.BATCH_AREA_SIZE), offsets))
 
@@ -188,15 +197,15 @@ CALLS = {
     "publish": lambda s, d: s.publish(d.draw(ints), d.draw(ints)),
     "enqueue": lambda s, d: s.enqueue(d.draw(ints), d.draw(ints), d.draw(ints), _Fut(), {}),
     "enqueue_child": lambda s, d: s.enqueue_child(d.draw(ints), d.draw(ints), d.draw(ints), d.draw(ints),
-                                                  _deque(d)),
-    "spawn": lambda s, d: s.spawn(d.draw(ints), d.draw(seqs), d.draw(ints), _deque(d)),
+                                                  _deque(d), _held(d)),
+    "spawn": lambda s, d: s.spawn(d.draw(ints), d.draw(seqs), d.draw(ints), _deque(d), _held(d)),
     "free_task": lambda s, d: s.free_task(d.draw(ints)),
     "pop_child": lambda s, d: s.pop_child(_deque(d), d.draw(ints), _cur(d)),
     "collect": lambda s, d: s.collect(d.draw(st.integers(-2, 64)), {}),
     "take_batch": lambda s, d: s.take_batch(_queue(d), d.draw(ints), _deque(d), _cur(d), _batch(d)),
-    "alloc_child": lambda s, d: s.alloc_child(_cur(d)),
-    "token_give": lambda s, d: s.token_give(d.draw(offsets)),
-    "token_take": lambda s, d: s.token_take(d.draw(offsets)),
+    "alloc_child": lambda s, d: s.alloc_child(_held(d)),
+    "token_give": lambda s, d: s.token_give(_record(d)),
+    "token_take": lambda s, d: s.token_take(_record(d)),
     "release": lambda s, d: (s.release(), s.load32(0)),
     "Lease": lambda s, d: _lease(s, d),
     "ForkCore": lambda s, d: _forkcore(s, d),

@@ -19,11 +19,12 @@ from penny.shm import layout
 # statuses, flags, the take_batch area): the set the import check covers.
 SHARED_NAMES = {
     "RECORD_SIZE", "R_STATE", "R_FN", "R_FLAGS", "R_LINK", "R_PARENT", "R_BLOB", "R_BLOB_LEN", "R_ATTEMPTS",
-    "R_JOIN", "R_OWNER", "R_INLINE", "INLINE_SIZE",
+    "R_JOIN", "R_OWNER", "R_SPAWNED", "R_INLINE", "INLINE_SIZE",
     "H_SLEEPERS", "H_COLLECTOR", "H_COLLECTOR_SLEEPERS", "H_TASK_FREE",
     "S_FREE", "S_QUEUED", "S_RUNNING", "S_DONE",
     "F_ARGS_BLOB", "F_RESULT_BLOB", "F_ARGS_CONSUMED",
     "TAKE_BATCH_MAX", "BATCH_COUNT", "BATCH_BOTTOM", "BATCH_REFS", "BATCH_AREA_SIZE", "JOIN_GIVEN",
+    "HELD_REF", "HELD_PARENT", "HELD_SPAWNED", "HELD_BOTTOM", "HELD_SIZE",
 }
 
 

@@ -46,7 +46,7 @@ WORKER_POINTS = tuple(p for p in _killpoints.ALL_POINTS if p not in MAIN_POINTS)
 #: so the kill lands in the middle of the work, not at the very start).
 NTH = collections.defaultdict(lambda: 1, {
     "claim.after_cas": 2, "finish.after_result": 5, "settle.after_status": 5, "route.after_push": 3,
-    "run_task.after_claim": 5, "run_task.after_run": 5, "spawn.after_count": 3, "spawn.after_push": 3,
+    "run_task.after_claim": 5, "run_task.after_run": 5, "spawn.after_commit": 3, "spawn.after_count": 3, "spawn.after_push": 3,
     "take_batch.after_pop": 1, "take_batch.after_mark": 1, "take_batch.after_push": 1,
     "take_injected.after_take": 1,
     "park.announce": 2, "park.after_wait": 2,
@@ -92,12 +92,11 @@ def _penny_shm_new(before):
     return [n for n in set(os.listdir("/dev/shm")) - before if "penny" in n]
 
 
-#: The windows docs/crash-model.md lists as gaps (issue 12 item 6): each case is expected to fail, strictly, so a case that
+#: Kill points at windows docs/crash-model.md lists as gaps (none left: the
+#: ring windows of item 2 have no kill point yet, see there): each case is expected to fail, strictly, so a case that
 #: starts passing (a fix, or a workload that stopped reaching the point)
 #: fails the suite until this list is updated.
-GAPS = {
-    "spawn.after_count": "a phantom child keeps the doomed parent from being reaped (item 6)",
-}
+GAPS: dict = {}
 
 
 def _worker_cases():

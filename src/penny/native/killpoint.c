@@ -21,7 +21,8 @@
     X(FINISH_AFTER_RESULT, "finish.after_result")   /* inline result written, status not yet */ \
     X(SETTLE_AFTER_STATUS, "settle.after_status")   /* DONE/FAILED stored, not routed yet */   \
     X(ROUTE_AFTER_PUSH, "route.after_push")         /* completion pushed, collector not woken */ \
-    X(SPAWN_AFTER_COUNT, "spawn.after_count")       /* parent.join += 1, child not pushed */    \
+    X(SPAWN_AFTER_COMMIT, "spawn.after_commit")     /* child QUEUED, not counted nor pushed */  \
+    X(SPAWN_AFTER_COUNT, "spawn.after_count")       /* parent's spawned += 1, child not pushed */ \
     X(SPAWN_AFTER_PUSH, "spawn.after_push")         /* child pushed on our deque */             \
     X(TAKE_BATCH_AFTER_POP, "take_batch.after_pop") /* refs popped, in the batch area only */ \
     X(TAKE_BATCH_AFTER_MARK, "take_batch.after_mark") /* first in current, rest in the area  */ \

@@ -35,8 +35,9 @@
 #define R_BLOB 32       /* u64 arena offset of pickled args, then of the pickled result */
 #define R_BLOB_LEN 40   /* u64 its length in bytes */
 #define R_ATTEMPTS 48   /* u32 times the task was started (crash retries) */
-#define R_JOIN 52       /* u32 the token (1 held, JOIN_GIVEN given up) + children not yet finished */
+#define R_JOIN 52       /* u32 children finished, + JOIN_GIVEN once the task gave its token up */
 #define R_OWNER 56      /* u32 worker running the task (where its continuation lives) */
+#define R_SPAWNED 60    /* u32 children published (written by the task's own worker only) */
 #define R_INLINE 64     /* inline arguments, then the inline result */
 #define INLINE_SIZE (RECORD_SIZE - R_INLINE)
 
@@ -57,9 +58,18 @@
 #define F_RESULT_BLOB 2u     /* the result is pickled in the arena (else inline) */
 #define F_ARGS_CONSUMED 4u   /* the worker released the arguments */
 
-/* The join word's token: a running task holds 1; `token_give` trades it for
- * JOIN_GIVEN in one RMW, so the word alone says whether the token is gone. */
+/* The join word's token bit: a task that suspends (or is doomed) sets it in
+ * the same RMW that reads how many children have finished, so the word alone
+ * says whether the token is gone (docs/protocols.md, "spawn, sync"). */
 #define JOIN_GIVEN 0x80000000u
+
+/* worker slice: the held words of a spawn in progress (tasks.c queue_child),
+ * at an offset layout.py gives (W_HELD) */
+#define HELD_REF 0      /* u64 the child's record, taken, perhaps not committed (0: none) */
+#define HELD_PARENT 8   /* u64 its parent */
+#define HELD_SPAWNED 16 /* u64 the parent's spawned count before this child */
+#define HELD_BOTTOM 24  /* u64 our deque's bottom before the child's push */
+#define HELD_SIZE 32
 
 /* worker slice: take_batch's area (tasks.c), at an offset layout.py gives */
 #define TAKE_BATCH_MAX 64       /* most refs one take_batch pops */
@@ -71,17 +81,18 @@
 /* Every constant above that layout.py has too: X(name) for each. */
 #define PENNY_LAYOUT_CONSTANTS(X)                                                   \
     X(RECORD_SIZE) X(R_STATE) X(R_FN) X(R_FLAGS) X(R_LINK) X(R_PARENT) X(R_BLOB) X(R_BLOB_LEN) X(R_ATTEMPTS) \
-    X(R_JOIN) X(R_OWNER) X(R_INLINE) X(INLINE_SIZE)                                  \
+    X(R_JOIN) X(R_OWNER) X(R_SPAWNED) X(R_INLINE) X(INLINE_SIZE)                                  \
     X(H_SLEEPERS) X(H_COLLECTOR) X(H_COLLECTOR_SLEEPERS) X(H_TASK_FREE)              \
     X(S_FREE) X(S_QUEUED) X(S_RUNNING) X(S_DONE)                                     \
     X(F_ARGS_BLOB) X(F_RESULT_BLOB) X(F_ARGS_CONSUMED) X(TAKE_BATCH_MAX)     \
-    X(BATCH_COUNT) X(BATCH_BOTTOM) X(BATCH_REFS) X(BATCH_AREA_SIZE) X(JOIN_GIVEN)
+    X(BATCH_COUNT) X(BATCH_BOTTOM) X(BATCH_REFS) X(BATCH_AREA_SIZE) X(JOIN_GIVEN) \
+    X(HELD_REF) X(HELD_PARENT) X(HELD_SPAWNED) X(HELD_BOTTOM) X(HELD_SIZE)
 
 /* What the atomic accesses to these words need (set_tasks checked it at run
  * time while the values were passed in). */
 _Static_assert(RECORD_SIZE % 64 == 0, "records are whole cache lines");
 _Static_assert(R_STATE % 8 == 0 && R_LINK % 8 == 0 && R_PARENT % 8 == 0, "u64 record fields are aligned");
-_Static_assert(R_FN % 4 == 0 && R_FLAGS % 4 == 0 && R_JOIN % 4 == 0 && R_OWNER % 4 == 0 && R_ATTEMPTS % 4 == 0,
+_Static_assert(R_FN % 4 == 0 && R_FLAGS % 4 == 0 && R_JOIN % 4 == 0 && R_OWNER % 4 == 0 && R_SPAWNED % 4 == 0 && R_ATTEMPTS % 4 == 0,
                "u32 record fields are aligned");
 _Static_assert(R_INLINE + INLINE_SIZE <= RECORD_SIZE && INLINE_SIZE >= 1, "the inline area is in the record");
 _Static_assert(H_TASK_FREE % 8 == 0 && H_SLEEPERS % 4 == 0 && H_COLLECTOR % 4 == 0 && H_COLLECTOR_SLEEPERS % 4 == 0,

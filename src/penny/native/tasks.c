@@ -302,17 +302,18 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     /* Owner, join and current are stored BEFORE the CAS that makes the task
      * RUNNING, so that a RUNNING record always names the worker it runs on:
      * a supervisor finding us dead right after the CAS finds the task by its
-     * owner (recovery.dead_tasks) and its join of 1 (crash-model.md,
+     * owner (recovery.dead_tasks) and its counts of 0 (crash-model.md,
      * "claim").  Storing them on a QUEUED record is safe: we hold its only
      * ref (taken from a queue, marked in `cur`); nobody reads owner or join
      * of a QUEUED record, and a cancelled one (failed CAS below) is freed by
      * the collector without reading them.  Relaxed: published to children by
      * the CAS's release half (and their own spawn's release push); the
-     * supervisor reads them after our death.  join starts at 1: the running
-     * task's token (docs/protocols.md, "suspend"). */
+     * supervisor reads them after our death.  Both counts start at 0, the
+     * token held (docs/protocols.md, "spawn, sync"). */
     atomic_store_explicit(cur, ref, memory_order_relaxed);
     atomic_store_explicit((a32 *)(rec + R_OWNER), (uint32_t)wid, memory_order_relaxed);
-    atomic_store_explicit((a32 *)(rec + R_JOIN), 1, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_JOIN), 0, memory_order_relaxed);
+    atomic_store_explicit((a32 *)(rec + R_SPAWNED), 0, memory_order_relaxed);
     if (!atomic_compare_exchange_strong_explicit((a64 *)(rec + R_STATE), &exp,
                                                  ((uint64_t)S_RUNNING << 32) | gen,
                                                  memory_order_acq_rel, memory_order_acquire))
@@ -340,10 +341,11 @@ S_claim(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 /* Route a finished task (its status already stored, `parent` read before
  * that store, since the record may be freed by its reader right after).
  * A root task goes to the completion ring and wakes the collector.  A child
- * gives up its count on the parent: AcqRel, so the parent that reads the
- * count as settled sees our result; the child that takes the count to zero
- * (the parent has released its own token: it is suspended) posts the
- * parent's ref to its owner's inbox and wakes the owner. */
+ * counts itself finished on the parent's join word: AcqRel, so the parent
+ * that reads the count as settled sees our result; the child whose count
+ * makes every published child finished after the parent gave its token up
+ * (it is suspended, or doomed) posts the parent's ref to its owner's inbox
+ * and wakes the owner. */
 static int
 route(Shared *s, uint64_t ref, uint64_t parent)
 {
@@ -364,8 +366,14 @@ route(Shared *s, uint64_t ref, uint64_t parent)
         return -1;
     }
     char *prec = s->base + g->tasks + pidx * RECORD_SIZE;
-    /* The last child of a parent that gave its token up (JOIN_GIVEN + 1 before). */
-    if (atomic_fetch_sub_explicit((a32 *)(prec + R_JOIN), 1, memory_order_acq_rel) == JOIN_GIVEN + 1) {
+    uint32_t before = atomic_fetch_add_explicit((a32 *)(prec + R_JOIN), 1, memory_order_acq_rel);
+    /* The last child of a parent that gave its token up.  Relaxed load of
+     * the spawned count: with JOIN_GIVEN in `before`, our RMW read the
+     * parent's give or a later RMW of its release sequence, so the parent's
+     * stores before its give (the count, final while the token is gone)
+     * happen-before this load. */
+    if ((before & JOIN_GIVEN) &&
+        (before & ~JOIN_GIVEN) + 1 == atomic_load_explicit((a32 *)(prec + R_SPAWNED), memory_order_relaxed)) {
         /* Relaxed: the owner was stored before the parent's token release,
          * which our acq_rel RMW synchronised with. */
         uint32_t owner = atomic_load_explicit((a32 *)(prec + R_OWNER), memory_order_relaxed);
@@ -461,11 +469,22 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* The held words at `off` (HELD_SIZE bytes, 8-byte aligned); NULL with an
+ * exception if they are not inside the region. */
+static a64 *
+held_at(Shared *s, PyObject *off)
+{
+    a64 *held = addr(s, off, 8);
+    if (held && !span(s, (char *)held - s->base, HELD_SIZE))
+        return NULL;
+    return held;
+}
+
 /* alloc_child(held_off) -> ref, or 0 when no record is free.  A worker's
  * record for a child whose arguments Python encodes (Worker.spawn_slow):
  * taken from the free list, its blob fields cleared (an offset left from the
  * record's last life must never be freed as this child's), and its ref stored
- * in the worker's `held` word, in this one call.  A supervisor that finds the
+ * in the worker's held[HELD_REF] word, in this one call.  A supervisor that finds the
  * worker dead with `held` naming a record still FREE of that generation
  * (taken, never committed by enqueue_child, nor given back: both change the
  * state word) frees its blob and the record (supervisor.py; crash-model.md,
@@ -478,7 +497,7 @@ S_alloc_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     NARGS(1, "alloc_child");
     if (need_tasks(s) < 0)
         return NULL;
-    a64 *held = addr(s, args[0], 8);
+    a64 *held = held_at(s, args[0]);
     if (!held)
         return NULL;
     TaskGeometry *g = &s->g;
@@ -496,31 +515,60 @@ S_alloc_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     atomic_store_explicit((a64 *)(rec + R_BLOB_LEN), 0, memory_order_relaxed);
     uint64_t gen = atomic_load_explicit((a64 *)(rec + R_STATE), memory_order_relaxed) & GEN_MASK;
     uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
-    atomic_store_explicit(held, ref, memory_order_relaxed);
+    atomic_store_explicit(&held[HELD_REF / 8], ref, memory_order_relaxed);
     return PyLong_FromUnsignedLongLong(ref);
 }
 
-/* A child's last steps, shared by spawn and enqueue_child: count it on the
- * parent's join, commit the record, push it on the worker's own deque
- * (spilled to the global queue when full), wake one sleeper to steal it.
- * Returns the ref, or 0 with an exception set. */
+/* Outcome of queue_child besides a ref: the deque had no room (the record is
+ * still the caller's to give back; the child stays private). */
+#define QC_NO_ROOM 0
+
+/* A child's last steps, shared by spawn and enqueue_child: the record `idx`
+ * was taken by this worker and its ref is in held[HELD_REF].  Note the
+ * parent's spawned count and our deque's bottom in the held words, commit
+ * the record, count it on the parent, push it on our own deque, clear
+ * held[HELD_REF], wake one sleeper to steal it.  Every step but the push
+ * writes only what this worker owns, so a supervisor that finds us dead with
+ * held[HELD_REF] set knows from the record's state, the parent's count and
+ * the deque's bottom which steps happened, and does the rest
+ * (recovery.finish_spawn; crash-model.md, "spawn").  Returns the ref;
+ * QC_NO_ROOM when our deque is full (nothing published). */
 static uint64_t
 queue_child(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, Py_ssize_t pidx, uint64_t parent,
-            char *dq, uint64_t dmask)
+            char *dq, uint64_t dmask, a64 *held)
 {
     TaskGeometry *g = &s->g;
-    char *tbase = s->base + g->tasks;
-    /* Relaxed RMW: the count is only read as settled through the acq_rel
-     * decrements of the children, which this increment happens-before (it
-     * precedes the release push that lets the child run). */
-    atomic_fetch_add_explicit((a32 *)(tbase + pidx * RECORD_SIZE + R_JOIN), 1, memory_order_relaxed);
-    KILL_POINT(SPAWN_AFTER_COUNT);
-    uint64_t ref = commit_record(tbase + idx * RECORD_SIZE, idx, fid, flags, parent);
-    if (!cl_push(dq, dmask, ref) && !mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
-        PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
-        return 0;
+    char *tbase = s->base + g->tasks, *prec = tbase + pidx * RECORD_SIZE;
+    a32 *spawned = (a32 *)(prec + R_SPAWNED), *join = (a32 *)(prec + R_JOIN);
+    /* Relaxed: the count is ours (the parent runs here). */
+    uint32_t s0 = atomic_load_explicit(spawned, memory_order_relaxed);
+    /* Every child published so far finished (acquire: pairs with their
+     * acq_rel counts): no count of the join word is pending, so both start
+     * again from 0, which keeps them far below JOIN_GIVEN however many
+     * children a task publishes in its life. */
+    if (s0 && atomic_load_explicit(join, memory_order_acquire) == s0) {
+        atomic_store_explicit(join, 0, memory_order_relaxed);
+        atomic_store_explicit(spawned, 0, memory_order_relaxed);
+        s0 = 0;
     }
+    /* Room on our deque (acquire top, as in cl_push): only we push, so the
+     * push below cannot fail, and a child is never spilled where the
+     * supervisor would not know to look. */
+    int64_t b0 = atomic_load_explicit((ai64 *)(dq + DQ_BOTTOM), memory_order_relaxed);
+    if (b0 - atomic_load_explicit((ai64 *)(dq + DQ_TOP), memory_order_acquire) > (int64_t)dmask)
+        return QC_NO_ROOM;
+    atomic_store_explicit(&held[HELD_PARENT / 8], parent, memory_order_relaxed);
+    atomic_store_explicit(&held[HELD_SPAWNED / 8], s0, memory_order_relaxed);
+    atomic_store_explicit(&held[HELD_BOTTOM / 8], (uint64_t)b0, memory_order_relaxed);
+    uint64_t ref = commit_record(tbase + idx * RECORD_SIZE, idx, fid, flags, parent);
+    KILL_POINT(SPAWN_AFTER_COMMIT);
+    /* Relaxed: read by a child only once the parent's token give (release)
+     * ordered it, and by its own worker. */
+    atomic_store_explicit(spawned, s0 + 1, memory_order_relaxed);
+    KILL_POINT(SPAWN_AFTER_COUNT);
+    cl_push(dq, dmask, ref);  /* the release that lets a thief run the child */
     KILL_POINT(SPAWN_AFTER_PUSH);
+    atomic_store_explicit(&held[HELD_REF / 8], 0, memory_order_relaxed);
     wake_one(s, H_SLEEPERS, g->states, g->slice_size, g->nstates, 0);
     return ref;
 }
@@ -537,20 +585,22 @@ parent_index(Shared *s, uint64_t parent)
     return pidx;
 }
 
-/* spawn(fid, args, parent, deque_off) -> ref; 0 when no record is free; -1
- * when the arguments are not inlinable (nothing was taken).  Worker: a child
- * record with inline arguments (queue_child does the rest). */
+/* spawn(fid, args, parent, deque_off, held_off) -> ref; 0 when no record is
+ * free or our deque is full; -1 when the arguments are not inlinable
+ * (nothing was taken).  Worker: a child record with inline arguments, marked
+ * in held[HELD_REF] as soon as it is taken (queue_child does the rest). */
 static PyObject *
 S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
-    NARGS(4, "spawn");
+    NARGS(5, "spawn");
     if (need_tasks(s) < 0)
         return NULL;
     uint64_t fid, parent, dmask;
     if (as_u64(args[0], &fid) < 0 || as_u64(args[2], &parent) < 0)
         return NULL;
     char *dq = deque_at(s, args[3], &dmask);
-    if (!dq)
+    a64 *held = dq ? held_at(s, args[4]) : NULL;
+    if (!held)
         return NULL;
     Py_ssize_t pidx = parent_index(s, parent);
     if (pidx < 0)
@@ -558,17 +608,31 @@ S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t idx = take_record(s, args[1]);
     if (idx < 0)
         return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
-    uint64_t ref = queue_child(s, idx, (uint32_t)fid, 0, pidx, parent, dq, dmask);
-    return ref ? PyLong_FromUnsignedLongLong(ref) : NULL;
+    char *tbase = s->base + s->g.tasks;
+    /* Relaxed: we own the record (popped with acquire). */
+    uint64_t gen = atomic_load_explicit((a64 *)(tbase + idx * RECORD_SIZE + R_STATE), memory_order_relaxed) & GEN_MASK;
+    atomic_store_explicit(&held[HELD_REF / 8], (gen << 32) | (uint64_t)(idx + 1), memory_order_relaxed);
+    uint64_t ref = queue_child(s, idx, (uint32_t)fid, 0, pidx, parent, dq, dmask, held);
+    if (ref == QC_NO_ROOM) {
+        /* Given back as free_task does, with the next generation, so the
+         * held mark is stale at once (a supervisor frees only a record still
+         * FREE of the marked generation, never one on the free list). */
+        atomic_store_explicit((a64 *)(tbase + idx * RECORD_SIZE + R_STATE),
+                              ((uint64_t)S_FREE << 32) | ((gen + 1) & GEN_MASK), memory_order_relaxed);
+        tagged_push((a64 *)(s->base + H_TASK_FREE), tbase, RECORD_SIZE, R_LINK, idx);
+    }
+    return PyLong_FromUnsignedLongLong(ref);
 }
 
-/* enqueue_child(ref, fid, flags, parent, deque_off) -> ref.  The general
- * path of a child (Worker.spawn_slow): Python took the record and encoded
- * the arguments; the rest is spawn's. */
+/* enqueue_child(ref, fid, flags, parent, deque_off, held_off) -> ref, or 0
+ * when our deque is full (the record is still the caller's).  The general
+ * path of a child (Worker.spawn_slow): Python took the record
+ * (alloc_child, which marked it held) and encoded the arguments; the rest is
+ * spawn's. */
 static PyObject *
 S_enqueue_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
-    NARGS(5, "enqueue_child");
+    NARGS(6, "enqueue_child");
     if (need_tasks(s) < 0)
         return NULL;
     uint64_t ref, fid, flags, parent, dmask;
@@ -576,13 +640,13 @@ S_enqueue_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         as_u64(args[3], &parent) < 0)
         return NULL;
     char *dq = deque_at(s, args[4], &dmask);
-    if (!dq)
+    a64 *held = dq ? held_at(s, args[5]) : NULL;
+    if (!held)
         return NULL;
     Py_ssize_t pidx = parent_index(s, parent), idx = own_record(s, ref);
     if (pidx < 0 || idx < 0)
         return NULL;
-    uint64_t got = queue_child(s, idx, (uint32_t)fid, (uint32_t)flags, pidx, parent, dq, dmask);
-    return got ? PyLong_FromUnsignedLongLong(got) : NULL;
+    return PyLong_FromUnsignedLongLong(queue_child(s, idx, (uint32_t)fid, (uint32_t)flags, pidx, parent, dq, dmask, held));
 }
 
 /* pop_child(deque_off, parent, current_off=None) -> ref or 0.  Owner: pop
@@ -828,36 +892,60 @@ S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(Ln)", (long long)refs[0], n);
 }
 
-/* token_give(join_off) -> the join word before.  A task about to suspend
- * gives up its join token: 1 becomes JOIN_GIVEN in one RMW, so a supervisor
- * that finds the worker dead reads from the word alone whether the token is
- * gone (was: a flag set before the decrement, and a death between the two
- * left a task that was never reaped: issue 12 item 6).  Acq_rel: pairs with
- * the children's decrements (their results, our private writes).  The word
- * before is 1 when no child is outstanding: the caller takes the token back. */
+/* The join word and spawned count of the record at `rec_off`; 0 with an
+ * exception if that is not a record of the task table. */
+static int
+counts_at(Shared *s, PyObject *rec_off, a32 **join, a32 **spawned)
+{
+    if (need_tasks(s) < 0)
+        return 0;
+    Py_ssize_t off = PyLong_AsSsize_t(rec_off);
+    if (off == -1 && PyErr_Occurred())
+        return 0;
+    TaskGeometry *g = &s->g;
+    if (off < g->tasks || off >= g->tasks + g->capacity * RECORD_SIZE || (off - g->tasks) % RECORD_SIZE) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not a task record", off);
+        return 0;
+    }
+    *join = (a32 *)(s->base + off + R_JOIN);
+    *spawned = (a32 *)(s->base + off + R_SPAWNED);
+    return 1;
+}
+
+/* token_give(rec_off) -> True if every published child has finished.  A
+ * task about to suspend gives up its join token: JOIN_GIVEN is added to its
+ * join word in the RMW that reads how many children finished, so a
+ * supervisor that finds the worker dead reads from the word alone whether
+ * the token is gone (was: a flag set before a separate decrement, and a
+ * death between the two left a task that was never reaped: issue 12 item
+ * 6).  Acq_rel: pairs with the children's counts (their results; our
+ * spawned count, for the last one's test).  True: nobody will post us, the
+ * caller takes the token back. */
 static PyObject *
 S_token_give(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
     NARGS(1, "token_give");
-    a32 *join = addr(s, args[0], 4);
-    if (!join)
+    a32 *join, *spawned;
+    if (!counts_at(s, args[0], &join, &spawned))
         return NULL;
-    uint32_t before = atomic_fetch_add_explicit(join, JOIN_GIVEN - 1, memory_order_acq_rel);
+    uint32_t before = atomic_fetch_add_explicit(join, JOIN_GIVEN, memory_order_acq_rel);
     KILL_POINT(TOKEN_GIVE_AFTER_GIVE);
-    return PyLong_FromUnsignedLong(before);
+    /* Relaxed: our own count. */
+    return PyBool_FromLong((before & ~JOIN_GIVEN) == atomic_load_explicit(spawned, memory_order_relaxed));
 }
 
-/* token_take(join_off): a resumed task (every child done, the word is
- * JOIN_GIVEN) takes its token back.  Relaxed: no child of ours is
- * outstanding, nobody else writes the word now. */
+/* token_take(rec_off): a resumed task (every child finished) takes its token
+ * back; both counts start again from 0.  Relaxed: no child of ours is
+ * outstanding, nobody else writes them now. */
 static PyObject *
 S_token_take(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
     NARGS(1, "token_take");
-    a32 *join = addr(s, args[0], 4);
-    if (!join)
+    a32 *join, *spawned;
+    if (!counts_at(s, args[0], &join, &spawned))
         return NULL;
-    atomic_store_explicit(join, 1, memory_order_relaxed);
+    atomic_store_explicit(join, 0, memory_order_relaxed);
+    atomic_store_explicit(spawned, 0, memory_order_relaxed);
     Py_RETURN_NONE;
 }
 

@@ -17,12 +17,12 @@ Waiting for a published child (`sync`):
 2. else pop the children of this task from our own shared deque and run them
    inline (on this stack) until it is done;
 3. else it was stolen: *suspend*.  The running task holds one count on its
-   own record's join counter (its token; every published child holds one
-   more).  The task publishes its remaining private children, parks its
-   fiber (a greenlet: its Python frames stay intact), gives up its token, and
-   the worker goes on with its loop on a pooled fiber.  The child that takes
-   the count to zero knows the parent's token is gone, so the parent is
-   suspended: it posts the parent's ref to the owner worker's inbox and wakes
+   own record's join token (the word children count themselves finished
+   on; the task counts the children it published).  The task publishes its
+   remaining private children, parks its fiber (a greenlet: its Python
+   frames stay intact), gives up its token, and the worker goes on with its
+   loop on a pooled fiber.  The child whose count makes every published
+   child finished after the token is gone knows the parent is suspended: it posts the parent's ref to the owner worker's inbox and wakes
    it.  The owner's loop finds the ref and switches back to the fiber;
    `sync` returns.  A continuation never moves between processes.
 
@@ -138,7 +138,7 @@ class ForkJoin(_core.ForkCore):
         try:
             if fid == ROUTE_AT_PUBLISH:
                 fid, args, kwargs = w.functions.route(h.fn, args, kwargs)
-            ref = -1 if kwargs else self.s.spawn(fid, args, h.parent, w.own)
+            ref = -1 if kwargs else self.s.spawn(fid, args, h.parent, w.own, w.held)
             if ref < 0:
                 ref = w.spawn_slow(fid, args, kwargs, h.parent)
         except (NotImportableError, ArgumentPicklingError, MemoryError):
@@ -204,15 +204,15 @@ class ForkJoin(_core.ForkCore):
         """Until every published child of task `parent` has finished."""
         w = self.w
         rec = w.tasks.record(parent)
-        join = w.tasks.join  # acquire: pairs with the children's acq_rel decrements (their results)
-        while join(rec) > 1:
+        outstanding = w.tasks.outstanding  # acquire: pairs with the children's acq_rel counts (their results)
+        while outstanding(rec):
             if not help or self.depth >= self.max_depth:
                 break
             ref = self.s.pop_child(w.own, parent, w.current)
             if not ref:
                 break
             self.run_inline(ref)
-        if join(rec) > 1:
+        if outstanding(rec):
             self.suspend(parent, rec)
 
     def run_inline(self, ref: int) -> None:
@@ -281,7 +281,6 @@ class ForkJoin(_core.ForkCore):
     def suspend(self, parent: int, rec: int) -> None:
         """Park this fiber until every published child of `parent` (record `rec`) has finished."""
         s = self.s
-        join = self.w.tasks.join_offset(rec)
         # Whatever this fiber still holds privately goes where others can run it.
         kept = []
         while True:
@@ -293,13 +292,13 @@ class ForkJoin(_core.ForkCore):
         self.suspended[parent] = getcurrent()
         saved = (self.task, self.depth)
         self.w.counts["suspends"] += 1
-        # Give up its token: one RMW that leaves JOIN_GIVEN in the join word
-        # (AcqRel: pairs with the children's decrements), which tells a
+        # Give up its token: one RMW that adds JOIN_GIVEN to the join word
+        # (AcqRel: pairs with the children's counts), which tells a
         # supervisor that finds this worker dead that the token is gone.
-        if s.token_give(join) == 1:
+        if s.token_give(rec):
             # Every child finished in the meantime: no one will post us.
             del self.suspended[parent]
-            s.token_take(join)
+            s.token_take(rec)
             self.swap_private(kept)
             return
         if _killpoints.ARMED:
@@ -316,7 +315,7 @@ class ForkJoin(_core.ForkCore):
         # Resumed by our own loop: all children are done, the count is 0.
         self.task, self.depth = saved
         self.swap_private(kept)
-        s.token_take(join)  # token back
+        s.token_take(rec)  # token back
         if _killpoints.ARMED:
             _killpoints.hit("resume.after_take")
 
@@ -328,7 +327,8 @@ class ForkJoin(_core.ForkCore):
         w = self.w
         tasks = w.tasks
         rec = tasks.record(ref)
-        if tasks.status(ref) == S_RUNNING and tasks.owner(rec) == w.wid and tasks.join(rec) == JOIN_GIVEN:
+        if (tasks.status(ref) == S_RUNNING and tasks.owner(rec) == w.wid
+                and tasks.join(rec) & JOIN_GIVEN and not tasks.outstanding(rec)):
             reap(tasks, w.arena, ref,
                  f"penny: the worker running this task (worker {w.wid}) died while it was suspended in "
                  "sync (its Python frame is lost)")

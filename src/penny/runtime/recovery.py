@@ -81,6 +81,30 @@ def reap(tasks, arena, ref: int, why: str) -> None:
     tasks.s.settle(ref, S_FAILED, H_SCRATCH)
 
 
+def finish_spawn(tasks, arena, child: int, parent: int, spawned_before: int, not_pushed: bool, push) -> None:
+    """The steps of a spawn (native/tasks.c queue_child) that a dead worker
+    did not take, from its held words: `child`'s record was taken, then
+    committed (QUEUED), counted on `parent` (whose spawned count was
+    `spawned_before`), pushed on the worker's deque (`not_pushed`: the deque's
+    bottom is still where it was).  A record never committed is freed with
+    its blob; a committed one is counted if it was not (the parent's worker
+    is dead: nobody else writes that count) and pushed, with `push`, if it
+    was not, so it runs and counts itself finished on its doomed parent.  A
+    stale mark (the record since given back: another generation) is left."""
+    tasks.record(child)  # bounds-checked: the words came from the region
+    status = tasks.status(child)
+    if status == S_FREE:
+        free_uncommitted(tasks, arena, child)
+        return
+    if status == -1:
+        return
+    prec = tasks.record(parent)
+    if tasks.spawned(prec) == spawned_before:
+        tasks.set_spawned(prec, spawned_before + 1)
+    if not_pushed:
+        push(child)
+
+
 def free_uncommitted(tasks, arena, ref: int) -> bool:
     """Free the record a dead worker took for a child (`alloc_child`) and
     never committed: still FREE of the ref's generation.  Its blob, if the

@@ -38,6 +38,10 @@ from ..shm.layout import (
     F_ARGS_CONSUMED,
     F_DEAD,
     H_SLEEPERS,
+    HELD_BOTTOM,
+    HELD_PARENT,
+    HELD_REF,
+    HELD_SPAWNED,
     JOIN_GIVEN,
     S_DONE,
     S_FAILED,
@@ -53,7 +57,7 @@ from ..shm.layout import (
 )
 from ..shm.parking import AWAKE
 from . import launcher, worker
-from .recovery import dead_tasks, doom, free_finished_children, free_uncommitted, reap
+from .recovery import dead_tasks, doom, finish_spawn, free_finished_children, reap
 
 _MINUS_ONE = 0xFFFF_FFFF
 log = logging.getLogger("penny.supervisor")
@@ -233,24 +237,29 @@ class Supervisor:
         # just above), the last `bottom - b0` were pushed on its deque, newest
         # first (stolen onto the queue below); the rest are nowhere else.
         self._requeue_batch(w, cur_was)
-        # ... and a record it took for a child and never committed (spawn_slow).
-        held = s.load64(sl + W_HELD, _core.RELAXED)
-        if held:
-            s.store64(sl + W_HELD, 0, _core.RELAXED)
-            free_uncommitted(tasks, sched._arena, held)
+        # ... and a spawn it died in: the child's record taken and perhaps
+        # committed, counted, pushed; the held words say which.
+        held = sl + W_HELD
+        child = s.load64(held + HELD_REF, _core.RELAXED)
+        if child:
+            s.store64(held + HELD_REF, 0, _core.RELAXED)
+            finish_spawn(tasks, sched._arena, child, s.load64(held + HELD_PARENT, _core.RELAXED),
+                         s.load64(held + HELD_SPAWNED, _core.RELAXED),
+                         s.load64(held + HELD_BOTTOM, _core.RELAXED) == s.load64(lay.deque(w) + _core.DEQUE_BOTTOM, _core.RELAXED),
+                         lambda ref: s.queue_push(lay.injector, ref))
         while s.queue_pop(lay.inbox(w)) > 0:
             pass  # continuations ready to resume: handled by the scan below
         for ref in dead_tasks(tasks, w):
             rec = tasks.record(ref)
             flags = tasks.flags(rec)
-            join = tasks.join(rec)
-            given = join & JOIN_GIVEN  # its token is gone: suspended in sync, or doomed before
-            if ref == cur and join == 1:
+            given = tasks.join(rec) & JOIN_GIVEN  # its token is gone: suspended in sync, or doomed before
+            left = tasks.outstanding(rec)  # its published children not yet finished
+            if ref == cur and not given and not left:
                 started = tasks.count_start(rec)
                 intact = not flags & F_ARGS_CONSUMED
                 if intact and started <= sched._retries:
-                    # join 1: every published child finished; free those it
-                    # never read, or they leak when it runs again.
+                    # Every published child finished; free those it never
+                    # read, or they leak when it runs again.
                     free_finished_children(tasks, sched._arena, ref)
                     tasks.set_status(ref, S_QUEUED)
                     s.queue_push(lay.injector, ref)
@@ -268,13 +277,15 @@ class Supervisor:
             if not flags & F_DEAD:  # else an earlier death of this slot doomed it already
                 log.warning("penny: task %#x fails with WorkerCrashedError: %s", ref, why)
                 doom(tasks, sched._arena, ref, why)
-            if join == JOIN_GIVEN:  # no child outstanding
-                reap(tasks, sched._arena, ref, why)
-            elif not given:
-                # Give up its token for it (one RMW that leaves JOIN_GIVEN in
+            if given:
+                if not left:  # no child outstanding: nobody will post it
+                    reap(tasks, sched._arena, ref, why)
+            else:
+                # Give up its token for it (one RMW that adds JOIN_GIVEN to
                 # the word, so that a later death of this slot, while the task
                 # still waits here for its children, leaves the token alone).
-                if tasks.give_token(rec) == 1:
+                before = tasks.give_token(rec)
+                if (before & ~JOIN_GIVEN) == tasks.spawned(rec):
                     reap(tasks, sched._arena, ref, why)
             # Else children are still running: the last one to finish posts this
             # task to worker w's inbox, and w's replacement reaps it (worker.py).

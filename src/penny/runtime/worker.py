@@ -221,7 +221,7 @@ class Worker:
         self.idle_since = 0
         self.current = self.slice + W_CURRENT   # offset of our "current task" word
         self.batch = self.slice + W_BATCH       # take_batch's area (refs popped, not yet handed on)
-        self.held = self.slice + W_HELD         # alloc_child's mark (a child's record not yet committed)
+        self.held = self.slice + W_HELD         # the held words of a spawn in progress (crash-model.md, "spawn")
         self.inbox = lay.inbox(wid)
         self.by_id = self.functions._by_id
         self.fork = ForkJoin(self)
@@ -418,7 +418,8 @@ class Worker:
         s.settle(ref, S_FAILED if failed else S_DONE, self.current)
 
     def spawn_slow(self, fid: int, args, kwargs, parent: int) -> int:
-        """Publish a child whose arguments must be pickled; its ref, or 0 if no record is free.
+        """Publish a child whose arguments must be pickled; its ref, or 0 if no
+        record is free or our deque is full.
         The arguments are encoded here; `Shared.enqueue_child` takes the steps
         it shares with `Shared.spawn` (count it on the parent, publish, push, wake)."""
         tasks = self.tasks
@@ -439,11 +440,15 @@ class Worker:
         if _killpoints.ARMED:
             _killpoints.hit("spawn_slow.after_encode")
         try:
-            return self.s.enqueue_child(ref, fid, flags, parent, self.own)
+            got = self.s.enqueue_child(ref, fid, flags, parent, self.own, self.held)
         except BaseException:
-            marshal.unencode_args(tasks, self.arena, rec, flags, owned=True)
-            tasks.free(ref)
+            got = 0
             raise
+        finally:
+            if not got:  # raised, or our deque is full: the child stays private
+                marshal.unencode_args(tasks, self.arena, rec, flags, owned=True)
+                tasks.free(ref)
+        return got
 
     # ---- finding work (cold path) -------------------------------------------
     def find_work(self) -> int:

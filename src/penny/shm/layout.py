@@ -91,7 +91,12 @@ W_STATE = 0            # u32 parking word: AWAKE/SLEEPY/SLEEPING/NOTIFIED (futex
 W_ID = 4               # u32
 W_PID = 8              # u32 pid of the process serving this slice
 W_CURRENT = 16         # u64 ref of the task being run (0 when none)
-W_HELD = 24            # u64 ref of the record last taken for a child by alloc_child (a supervisor frees it if it was never committed)
+W_HELD = 24            # the held words of a spawn in progress (HELD_*), read by a supervisor after a death
+HELD_REF = 0           # u64 the child's record, taken, perhaps not committed (0: none)
+HELD_PARENT = 8        # u64 its parent
+HELD_SPAWNED = 16      # u64 the parent's spawned count before this child
+HELD_BOTTOM = 24       # u64 our deque's bottom before the child's push
+HELD_SIZE = 32
 W_STATS = LINE         # u64 counters, one cache line written by the owner only
 STAT_NAMES = (
     "tasks",           # tasks run to completion (or failure)
@@ -129,9 +134,10 @@ R_PARENT = 24          # u64 ref of the parent task (0 for a root task)
 R_BLOB = 32            # u64 arena offset of pickled args, then of the pickled result
 R_BLOB_LEN = 40        # u64 its length in bytes
 R_ATTEMPTS = 48        # u32 times the task was started (crash retries)
-R_JOIN = 52            # u32 the token (1 held, JOIN_GIVEN given up) + children not yet finished
-JOIN_GIVEN = 0x8000_0000  # the join word of a task that gave its token up (suspended, or doomed)
+R_JOIN = 52            # u32 children finished, + JOIN_GIVEN once the task gave its token up
+JOIN_GIVEN = 0x8000_0000  # the join word's token bit (suspended in sync, or doomed)
 R_OWNER = 56           # u32 worker running the task (where its continuation lives)
+R_SPAWNED = 60         # u32 children published (written by the task's own worker only)
 R_INLINE = 64          # inline arguments, then the inline result
 INLINE_SIZE = RECORD_SIZE - R_INLINE
 

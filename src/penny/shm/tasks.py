@@ -33,6 +33,7 @@ from .layout import (
     R_LINK,
     R_OWNER,
     R_PARENT,
+    R_SPAWNED,
     R_STATE,
     RECORD_SIZE,
     Layout,
@@ -110,19 +111,30 @@ class TaskTable:
     def owner(self, rec: int) -> int:
         return self._load32(rec + R_OWNER, _R)
 
-    def join_offset(self, rec: int) -> int:
-        return rec + R_JOIN
-
     def join(self, rec: int) -> int:
-        """The join count.  Acquire: pairs with the children's acq_rel decrements,
-        so their results are visible once the count is seen low."""
+        """The join word: children finished, plus JOIN_GIVEN once the token is
+        gone.  Acquire: pairs with the children's acq_rel counts, so their
+        results are visible once they are seen counted."""
         return self._load32(rec + R_JOIN, _core.ACQUIRE)
 
+    def spawned(self, rec: int) -> int:
+        """Children published (written by the task's own worker only)."""
+        return self._load32(rec + R_SPAWNED, _R)
+
+    def set_spawned(self, rec: int, n: int) -> None:
+        """For a supervisor finishing a dead worker's spawn (its owner is gone)."""
+        self._store32(rec + R_SPAWNED, n, _R)
+
+    def outstanding(self, rec: int) -> int:
+        """Published children not yet finished (the task's own worker, or a
+        supervisor after that worker died: the spawned count is then final)."""
+        return self.spawned(rec) - (self.join(rec) & ~JOIN_GIVEN)
+
     def give_token(self, rec: int) -> int:
-        """Give up the token of a task that holds it (1 -> JOIN_GIVEN, in one
-        RMW); the join word before (1: no child is outstanding).  AcqRel: as
-        the task's own token_give, paired with the children's decrements."""
-        return self.s.fetch_add32(rec + R_JOIN, JOIN_GIVEN - 1, _core.ACQ_REL)
+        """Give up the token of a task that holds it (its worker died): the
+        join word before, as token_give's RMW.  AcqRel: paired with the
+        children's counts."""
+        return self.s.fetch_add32(rec + R_JOIN, JOIN_GIVEN, _core.ACQ_REL)
 
     def count_start(self, rec: int) -> int:
         """Add one to the times the task was started; the new count (relaxed:
