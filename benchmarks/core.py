@@ -87,6 +87,7 @@ from penny.shm.layout import (
     R_LINK,
     R_STATE,
     W_CURRENT,
+    W_HELD,
     RECORD_SIZE,
     Layout,
 )
@@ -433,16 +434,18 @@ def bench_record_roundtrip(n: int = 200_000, reps: int = 5) -> dict:
 
         parent = table.alloc()  # a record to be the children's parent (its join counts them)
         cur = layout.slice(0) + W_CURRENT
+        held = layout.slice(0) + W_HELD  # the held words of a spawn in progress
         cspawn, claim, free_task = s.spawn, s.claim, s.free_task
 
         def roundtrip_runtime(count, a, b):
             """What the runtime runs for a published child: Shared.spawn (take a
-            record, pack the arguments inline, count it on the parent, push it
-            on the deque, check for sleepers), deque_pop, claim (CAS to RUNNING,
+            record, mark it in the held words, pack the arguments inline, commit
+            it, count it on the parent, push it on the deque, check for
+            sleepers), deque_pop, claim (CAS to RUNNING,
             decode), free_task (next generation, back on the free list)."""
             args = (a, b)
             for _ in range(count):
-                ref = cspawn(1, args, parent, dq)
+                ref = cspawn(1, args, parent, dq, held)
                 got = pop(dq)
                 fid, flags, out = claim(got, cur, 0)
                 free_task(got)
