@@ -189,6 +189,12 @@ if sys.argv[1] == "killlauncher":
         time.sleep(0.05)
     time.sleep(1)
     report("launchers", old=old, new=s._supervisor._launcher.pid)
+# Every worker attached (its pid in its slice): it has armed what kills it
+# with us (docs/protocols.md); one still starting up has not.
+from penny.shm.layout import W_PID
+end = time.time() + 60
+while not all(s._s.load32(s._layout.slice(w) + W_PID, 0) for w in range(2)) and time.time() < end:
+    time.sleep(0.01)
 report("pids", workers=[p.pid for p in s._supervisor.procs], me=os.getpid())
 time.sleep(600)
 """

@@ -105,10 +105,11 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (fork)
     _killpoints.arm("worker", wid)  # PENNY_KILL_AT (docs/crash-model.md); nothing when unset
+    armed = pdeathsig and set_pdeathsig(signal.SIGKILL)  # first: the window before it is the start-up's
     region = handle.attach()
     _context.forget_in_worker()  # after attach: under fork our descriptor is the parent's copy
     main_pid = region.main_pid
-    if pdeathsig and set_pdeathsig(signal.SIGKILL) and os.getppid() != main_pid:
+    if armed and os.getppid() != main_pid:
         os._exit(3)  # the main process died before the signal was armed
     watch_parent(main_pid)
     global _worker_pid
