@@ -432,7 +432,7 @@ def bench_record_roundtrip(n: int = 200_000, reps: int = 5) -> dict:
                 spush(H_TASK_FREE, base, RECORD_SIZE, R_LINK, cap, i)
             return ref, got, fid, out
 
-        parent = table.alloc()  # a record to be the children's parent (its join counts them)
+        parent = table.alloc()  # a record to be the children's parent (its spawned count counts them)
         cur = layout.slice(0) + W_CURRENT
         held = layout.slice(0) + W_HELD  # the held words of a spawn in progress
         cspawn, claim, free_task = s.spawn, s.claim, s.free_task
@@ -509,8 +509,8 @@ def bench_record_roundtrip(n: int = 200_000, reps: int = 5) -> dict:
         _row("empty loop iteration", "ns", loop["best"], None, "", higher_is_better=False,
              penny_med=loop["median"]),
     ]
-    notes = [(f"{n:,} ops, best of {reps} [median]; runtime path per op: Shared.spawn (alloc + pack + "
-              "join count + deque push + sleeper check), deque_pop, claim (CAS + decode), free_task; "
+    notes = [(f"{n:,} ops, best of {reps} [median]; runtime path per op: Shared.spawn (alloc + held mark + pack + "
+              "commit + spawned count + deque push + sleeper check), deque_pop, claim (CAS + decode), free_task; "
               "generic path per op: TaskTable.alloc, pack_inline([a, b]), "
               "store32(fn id), deque_push, deque_pop, load32(fn id), unpack_inline, TaskTable.free; "
               f"loop overhead included in each row; round trip = {rt['best'] / call['best']:.1f} plain calls")]
