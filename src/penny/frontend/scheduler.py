@@ -83,11 +83,14 @@ class Scheduler(Frontend):
     a `penny.backends.ray.RayScheduler` instead: the same API on a Ray cluster.
     """
 
+    #: Which factory of another backend `__new__` asks for (Executor: "executor").
+    _kind = "scheduler"
+
     def __new__(cls, *args, backend: str = "local", **kwargs):
         if backend == "local":
             return super().__new__(cls)
-        # Another backend's scheduler: not a Scheduler, so __init__ is not called again.
-        return make_backend(backend, *args, **kwargs)
+        # Another backend's scheduler: not an instance of cls, so __init__ is not called again.
+        return make_backend(backend, *args, kind=cls._kind, **kwargs)
 
     def __init__(
         self,
@@ -178,7 +181,7 @@ class Scheduler(Frontend):
                 self._own_recorder.begin()
             # Workers first, our threads after: under "fork" a child then copies
             # a single-threaded parent (Python 3.12+ warns otherwise).
-            self._supervisor = Supervisor(self, multiprocessing.get_context(method), static, seed)
+            self._supervisor = self._make_supervisor(static, seed)
             self._supervisor.start_workers()
             _killpoints.arm("main")  # PENNY_KILL_AT=main:... (docs/crash-model.md); nothing when unset
             self._collector.start()
@@ -190,6 +193,10 @@ class Scheduler(Frontend):
         _context.live.add(self)
         _install_sigterm()
         self._make_current()
+
+    def _make_supervisor(self, static, seed):
+        """What starts and watches the workers (backends/threads has its own)."""
+        return Supervisor(self, multiprocessing.get_context(self._method), static, seed)
 
     # ---- submitting ---------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:

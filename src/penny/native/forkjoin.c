@@ -206,7 +206,13 @@ typedef struct {
     Py_ssize_t sleepers_off, deque_off;
 } ForkCore;
 
-static ForkCore *the_fork = NULL;       /* this process's, set by bind_fork */
+/* The worker's fork state, per OS thread: a worker process has one (its
+ * main thread's); under the threads backend every worker thread binds its
+ * own, and any other thread (the caller's) has none, so spawn/sync there take
+ * the fallbacks.  Greenlet fibers of one worker share their thread's.
+ * Initial-exec TLS: one %fs-relative load on the hot path, no
+ * __tls_get_addr call (one pointer of the static TLS surplus). */
+static _Thread_local ForkCore *the_fork __attribute__((tls_model("initial-exec"))) = NULL;
 static PyObject *spawn_fallback = NULL; /* fibers._spawn_slow(fn, args, kwargs) */
 static PyObject *sync_fallback = NULL;  /* fibers._sync_slow(handle_or_None) */
 
@@ -418,6 +424,21 @@ ForkCore_bind(ForkCore *f, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+ForkCore_unbind(ForkCore *f, PyObject *unused)
+{
+    if (the_fork == f)
+        the_fork = NULL;  /* a worker thread that ends: this thread has no fork state any more */
+    Py_RETURN_NONE;
+}
+
+/* current_fork() -> the calling thread's bound ForkCore, or None. */
+static PyObject *
+M_current_fork(PyObject *mod, PyObject *unused)
+{
+    return Py_NewRef(the_fork ? (PyObject *)the_fork : Py_None);
+}
+
 static PyMemberDef ForkCore_members[] = {
     {"task", T_ULONGLONG, offsetof(ForkCore, task), 0, "ref of the running task (0: none)"},
     {"depth", T_INT, offsetof(ForkCore, depth), 0, "inline nesting on this fiber"},
@@ -435,7 +456,8 @@ static PyMethodDef ForkCore_methods[] = {
     {"remove", (PyCFunction)ForkCore_remove, METH_O, "remove(h) -> bool"},
     {"swap_private", (PyCFunction)ForkCore_swap_private, METH_O, "swap_private(list) -> old live list"},
     {"live", (PyCFunction)ForkCore_live, METH_NOARGS, "number of live private handles"},
-    {"bind", (PyCFunction)ForkCore_bind, METH_NOARGS, "make this the process's fork state for penny.spawn/sync"},
+    {"bind", (PyCFunction)ForkCore_bind, METH_NOARGS, "make this the calling thread's fork state for penny.spawn/sync"},
+    {"unbind", (PyCFunction)ForkCore_unbind, METH_NOARGS, "undo bind on the calling thread"},
     {"run_handle", (PyCFunction)ForkCore_run_handle, METH_O, "run a private handle removed from the list"},
     {NULL},
 };
