@@ -395,6 +395,7 @@ class Scheduler(Frontend):
                                 fut.set_result(value)
                             except cf.InvalidStateError:
                                 pass  # cancelled by the caller in the meantime
+                    fut = value = None  # keep no result alive while idle (the caller may have dropped it)
                     for ref in slow:
                         complete(ref)
                     if self._backlog:
