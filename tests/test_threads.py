@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 import weakref
 
@@ -272,3 +273,18 @@ def test_executor_threads_parity():
     with pytest.raises(ValueError, match="no meaning"):
         penny.Executor(max_workers=2, mp_context=multiprocessing.get_context("spawn"), backend="threads")
     assert not _workers_alive()
+
+
+def test_processes_backend_after_threads_in_the_same_process():
+    """Once a threads scheduler ran, spawn/sync read the per-thread fork state
+    (native/forkjoin.c per_thread); a worker process forked afterwards binds
+    both, so nested fork-join there still takes its fast path."""
+    with penny.Scheduler(2, backend="threads") as s:
+        assert s.run(tt.fib, 15, 5) == tt.fib_serial(15)
+    for method in ("fork", "forkserver"):
+        with penny.Scheduler(2, start_method=method) as p:
+            assert p.run(tt.fib, 18, 5) == tt.fib_serial(18)
+            deadline = time.monotonic() + 60
+            while p.stats()["totals"]["spawns"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert p.stats()["totals"]["spawns"] > 0  # spawned through the worker's ForkJoin

@@ -38,7 +38,7 @@ class ThreadForkJoin(ForkJoin):
         # Per thread: the C fast paths' fork state is thread-local, and the
         # Python side's is `_context.thread_fork` (`_context.fork` stays None).
         _context.thread_fork.fork = self
-        self.bind()
+        self.bind_thread()
 
     def uninstall(self) -> None:
         self.unbind()
