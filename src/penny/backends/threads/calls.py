@@ -57,18 +57,19 @@ class Call:
 
 
 class CallTable:
-    """key -> Call, shared by a scheduler's caller threads and worker threads."""
+    """key -> Call (or ThreadFuture, the call of a submitted task), shared by a scheduler's caller threads and worker threads."""
 
-    __slots__ = ("calls", "_next")
+    __slots__ = ("calls", "next")
 
     def __init__(self):
         self.calls: dict = {}
         # itertools.count's __next__ is one C call: atomic under the GIL, and
         # internally locked on a free-threaded build.
-        self._next = itertools.count(1).__next__
+        self.next = itertools.count(1).__next__
 
-    def put(self, call: Call) -> int:
-        key = self._next()
+    def put(self, call) -> int:
+        """Enter `call` (anything with `run()`, `value`, `failed`); its key."""
+        key = self.next()
         self.calls[key] = call
         return key
 

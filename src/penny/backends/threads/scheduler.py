@@ -2,7 +2,7 @@
 
 The local Scheduler with two things swapped: the workers are threads
 (supervisor.py) and a task travels as a key into the object table
-(calls.py), so `submit`, `new_task` and `map` put a `Call` in the table and
+(calls.py), so `submit`, `new_task` and `map` put their call (a `ThreadFuture`) in the table and
 inject its key through the same C fast path (`Shared.inject`).  The
 collector, the backlog, cancellation, stats, tracing, shared arrays and
 shutdown are the Scheduler's own.
@@ -16,7 +16,9 @@ import threading
 import weakref
 
 from ...errors import UnknownFunctionError
-from ...frontend.futures import TaskFuture
+from concurrent.futures._base import PENDING
+
+from ...frontend.futures import TaskFuture, _Condition
 from ...frontend.scheduler import Scheduler
 from ...runtime.worker import PARTIAL
 from ...wire.functions import validate_static
@@ -28,25 +30,38 @@ _live: "weakref.WeakSet" = weakref.WeakSet()
 
 
 class ThreadFuture(TaskFuture):
-    """A task's future; its outcome is read from its Call, by reference."""
+    """A task's future, which is also its call (calls.py): the worker thread
+    runs it and leaves the outcome on it; the collector's `set_result` then
+    resolves it with that outcome, by reference.  One object per task."""
 
-    def __init__(self, scheduler, call: Call):
-        super().__init__(scheduler)
-        self._call = call
+    def __init__(self, scheduler, fn, args, kwargs):
+        # TaskFuture.__init__'s fields, written out (one call less per submit).
+        self._condition = _Condition()
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
+        self._scheduler = scheduler
+        self._ref = 0
         self._key = 0
+        self.fn, self.args, self.kwargs = fn, args, kwargs or None
+        self.value = None
+        self.failed = False
+
+    run = Call.run  # on the worker thread: fn(*args, **kwargs) -> value / failed
 
     def set_result(self, result) -> None:
-        call = self._call
-        if call is None:  # not a call of ours (never, but keep Future's contract)
-            return cf.Future.set_result(self, result)
-        self._call = None
+        """From the collector once the task's record says DONE (`result` is the
+        record's inline None): resolve with the outcome the worker left here."""
         table = getattr(self._scheduler, "_table", None)
         if table is not None:
-            table.pop(self._key)
-        if call.failed:
-            cf.Future.set_exception(self, call.value)
+            table.calls.pop(self._key, None)
+        value, self.value = self.value, None
+        if self.failed:
+            cf.Future.set_exception(self, value)
         else:
-            cf.Future.set_result(self, call.value)
+            cf.Future.set_result(self, value)
 
 
 def _run_chunk(fn, items: list) -> list:
@@ -107,6 +122,7 @@ class ThreadScheduler(Scheduler):
                     raise TypeError(f"penny: functions[{fid}] = {fn!r} is not callable")
         self._static = dict(functions or {})
         self._table = CallTable()
+        self._calls, self._next_key = self._table.calls, self._table.next  # the submit path's two steps
         self._thread_options = {"initializer": initializer, "initargs": tuple(initargs)}
         self._thread_prefix = thread_name_prefix
         self._seed = seed
@@ -121,7 +137,7 @@ class ThreadScheduler(Scheduler):
         """Run ``fn(*args, **kwargs)`` on a worker thread; any callable, any arguments."""
         if not callable(fn):
             raise TypeError(f"penny: {fn!r} is not callable")
-        return self._submit_call(Call(fn, args, kwargs))
+        return self._submit_call(fn, args, kwargs)
 
     def new_task(self, fn_id: int, args=()) -> cf.Future:
         """Run function `fn_id` of the static table with the argument list `args`."""
@@ -134,13 +150,14 @@ class ThreadScheduler(Scheduler):
             )
         if not isinstance(args, (list, tuple)):
             raise TypeError(f"penny: new_task arguments must be a list or tuple, got {type(args).__name__}")
-        return self._submit_call(Call(fn, args, None))
+        return self._submit_call(fn, args, None)
 
-    def _submit_call(self, call: Call) -> cf.Future:
+    def _submit_call(self, fn, args, kwargs) -> cf.Future:
         if self._closed or self._broken is not None or self._foreign():
             self._refuse()
-        fut = ThreadFuture(self, call)
-        fut._key = key = self._table.put(call)
+        fut = ThreadFuture(self, fn, args, kwargs)
+        fut._key = key = self._next_key()
+        self._calls[key] = fut
         if not self._backlog:
             ref = self._s.inject(CALL_FID, (key,), fut, self._futures)
             if ref > 0:
@@ -168,7 +185,7 @@ class ThreadScheduler(Scheduler):
         self._check_open()
         runner = _run_chunk1 if len(iterables) == 1 else _run_chunk
         return self._chunked_map(fn, iterables, chunksize, timeout, progress, buffersize,
-                                 lambda chunk: self._submit_call(Call(runner, (fn, chunk), None)))
+                                 lambda chunk: self._submit_call(runner, (fn, chunk), None))
 
     # ---- stopping -------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
