@@ -236,6 +236,24 @@ def test_interpreter_exit_without_shutdown_does_not_hang():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "done"
+
+
+def test_interpreter_exit_cancels_queued_tasks_and_waits_for_running_ones(tmp_path):
+    marks = tmp_path / "marks"
+    out = _run_script(
+        "import penny, time\n"
+        f"path = {str(marks)!r}\n"
+        "def job(i):\n"
+        "    time.sleep(0.5)\n"
+        "    with open(path, 'a') as f:\n"
+        "        f.write(f'{i}\\n')\n"
+        "s = penny.Scheduler(2, backend='threads')\n"
+        "futs = [s.submit(job, i) for i in range(20)]\n"
+        "time.sleep(0.2)\n"                                  # two of them are running now
+    )
+    assert out.returncode == 0, out.stderr
+    ran = marks.read_text().split()
+    assert 2 <= len(ran) < 20  # the running ones finished (written), the queued ones never ran
     out = _run_script(
         "import penny\n"
         "s = penny.Executor(max_workers=2, backend='threads')\n"
@@ -288,3 +306,14 @@ def test_processes_backend_after_threads_in_the_same_process():
             while p.stats()["totals"]["spawns"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert p.stats()["totals"]["spawns"] > 0  # spawned through the worker's ForkJoin
+
+
+def test_gil_state_is_what_the_docs_say():
+    """docs/backends.md: the C core does not declare Py_MOD_GIL_NOT_USED yet, so a
+    free-threaded CPython turns the GIL back on when Penny is imported (on a
+    GIL build the GIL is simply on)."""
+    src = open(os.path.join(ROOT, "src", "penny", "native", "module.c")).read()
+    assert "Py_MOD_GIL_NOT_USED" not in src.replace("/* No Py_MOD_GIL_NOT_USED", "")
+    out = _run_script("import sys, penny; print(getattr(sys, '_is_gil_enabled', lambda: True)())")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
