@@ -317,3 +317,24 @@ def test_gil_state_is_what_the_docs_say():
     out = _run_script("import sys, penny; print(getattr(sys, '_is_gil_enabled', lambda: True)())")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_spawn_cache_keeps_no_object_alive(s2):
+    """Children of lambdas and of methods bound to an object are not cached by
+    function (the cache would keep them, and what they hold, alive)."""
+    class Box(list):
+        pass
+
+    box = Box()
+    ref = weakref.ref(box)
+
+    def parent(b):
+        penny.sync(penny.spawn(b.append, 1))
+        penny.sync(penny.spawn(lambda: b.append(2)))
+        return len(b)
+
+    assert s2.run(parent, box) == 2
+    del box
+    s2.run(tt.identity, None)  # the collector's last future is another one now
+    gc.collect()
+    assert ref() is None

@@ -23,7 +23,17 @@ from ...trace.rings import PUBLISH
 from ...wire import marshal
 from .calls import CALL_FID, Call
 
-_CACHEABLE = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _module_level(fn) -> bool:
+    """A function of a module (lives as long as its module): safe to cache.
+    Not lambdas, nested functions, nor builtin methods bound to an object."""
+    if type(fn) is types.FunctionType:
+        return "<" not in fn.__qualname__
+    if type(fn) is types.BuiltinFunctionType:
+        owner = fn.__self__
+        return owner is None or isinstance(owner, types.ModuleType)
+    return False
 
 
 class ThreadForkJoin(ForkJoin):
@@ -51,7 +61,7 @@ class ThreadForkJoin(ForkJoin):
         cache would keep each one alive)."""
         if not callable(fn):
             raise TypeError(f"penny.spawn: {fn!r} is not callable")
-        if isinstance(fn, _CACHEABLE) and "<" not in getattr(fn, "__qualname__", "<"):
+        if _module_level(fn):
             self.fids[fn] = CALL_FID
         return CALL_FID
 
