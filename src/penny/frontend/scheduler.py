@@ -79,6 +79,9 @@ class Scheduler(Frontend):
     path) or ``"fork"`` (a copy of the parent).  The remaining keywords size
     the shared region (see config.py).
 
+    ``Scheduler(..., backend="threads")`` returns a
+    `penny.backends.threads.ThreadScheduler`: the same runtime on threads of
+    this process, arguments and results by reference.
     ``Scheduler(..., backend="ray", address=None, **ray_init_kwargs)`` returns
     a `penny.backends.ray.RayScheduler` instead: the same API on a Ray cluster.
     """
@@ -89,7 +92,9 @@ class Scheduler(Frontend):
     def __new__(cls, *args, backend: str = "local", **kwargs):
         if backend == "local":
             return super().__new__(cls)
-        # Another backend's scheduler: not an instance of cls, so __init__ is not called again.
+        # Another backend's scheduler.  Python calls __init__ again on what __new__
+        # returns only if it is an instance of cls (a ThreadScheduler under
+        # Scheduler(...): its __init__ returns at once when already initialised).
         return make_backend(backend, *args, kind=cls._kind, **kwargs)
 
     def __init__(
