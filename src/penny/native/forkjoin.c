@@ -464,13 +464,6 @@ ForkCore_unbind(ForkCore *f, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* current_fork() -> the calling thread's bound ForkCore, or None. */
-static PyObject *
-M_current_fork(PyObject *mod, PyObject *unused)
-{
-    ForkCore *f = current_fork();
-    return Py_NewRef(f ? (PyObject *)f : Py_None);
-}
 
 static PyMemberDef ForkCore_members[] = {
     {"task", T_ULONGLONG, offsetof(ForkCore, task), 0, "ref of the running task (0: none)"},

@@ -87,7 +87,6 @@ static PyMethodDef module_methods[] = {
      "The result of a spawned child (its exception re-raised here); with no argument,\n"
      "wait for every child spawned so far by the running task."},
     {"set_fallbacks", (PyCFunction)M_set_fallbacks, METH_VARARGS, "set_fallbacks(spawn_slow, sync_slow)"},
-    {"current_fork", (PyCFunction)M_current_fork, METH_NOARGS, "the calling thread's bound ForkCore, or None"},
     {"arm_kill_point", (PyCFunction)M_arm_kill_point, METH_VARARGS,
      "arm_kill_point(name, n=1, once_path=None) -> bool: SIGKILL this process at the n-th pass of C point `name`"},
     {"buffer_info", (PyCFunction)M_buffer_info, METH_O, "buffer_info(obj) -> (address, nbytes, readonly, contiguous)"},
