@@ -1,7 +1,10 @@
-"""The same Penny programs on every backend: Penny's own workers ("local") and Ray.
+"""The same Penny programs on every backend: Penny's own worker processes
+("local"), Penny's runtime on threads ("threads") and Ray.
 
 Every test that takes `backend` (or `sched`) runs once per backend, with the
-same task functions (tests/backend_tasks.py).  Ray is started once for the
+same task functions (tests/backend_tasks.py).  Where a backend's contract
+differs (threads pass by reference, so nothing fails to pickle; there is no
+process to kill), the test asserts that backend's own contract.  Ray is started once for the
 module by the `backend` fixture (2 CPUs, no dashboard) and stopped after it;
 the schedulers attach to it.  The Ray parameter is skipped, with the reason
 given, only where Ray is not installed.
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -27,13 +31,13 @@ from tests.helpers import ROOT
 
 pytestmark = pytest.mark.timeout(240)
 
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "threads", "ray")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request):
-    if request.param == "local":
-        yield "local"
+    if request.param in ("local", "threads"):
+        yield request.param
         return
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'penny-runtime[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
@@ -96,7 +100,7 @@ def test_quick_start(make, backend):
     assert s.workers == 2
 
 
-def test_submit_run_and_futures(sched):
+def test_submit_run_and_futures(sched, backend):
     f = sched.submit(bt.add, 1, 2)
     assert isinstance(f, cf.Future)
     assert f.result(timeout=120) == 3
@@ -115,8 +119,12 @@ def test_submit_run_and_futures(sched):
     while not polled.done() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert polled.done() and polled.result() == 6
+    lock = threading.Lock()
+    if backend == "threads":  # by reference: nothing is pickled, the task gets the object itself
+        assert sched.submit(bt.identity, lock).result(timeout=120) is lock
+        return
     with pytest.raises(TypeError):  # an argument that cannot be pickled fails in the caller
-        sched.submit(bt.add, threading.Lock(), 1)
+        sched.submit(bt.add, lock, 1)
 
 
 def test_stats_count_tasks(sched, backend):
@@ -182,18 +190,26 @@ def test_spawn_join_parallel_for_outside_tasks(backend, tmp_path):
 # ---- exceptions and the implicit sync ---------------------------------------------------
 
 
-def test_nested_exception_keeps_its_type(sched):
+def test_nested_exception_keeps_its_type(sched, backend):
     with pytest.raises(bt.Boom) as info:
         sched.run(bt.fail_nested, 3)
     assert type(info.value) is bt.Boom
     assert str(info.value) == "boom 0"
-    assert isinstance(info.value.__cause__, RemoteTraceback)  # the worker's traceback
+    if backend == "threads":  # the exception object itself, its traceback reaching the raise in the task
+        assert "fail_nested" in [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+    else:
+        assert isinstance(info.value.__cause__, RemoteTraceback)  # the worker's traceback
     e = sched.submit(bt.fail, 7).exception(timeout=120)
     assert type(e) is bt.Boom and str(e) == "boom 7"
     assert sched.run(bt.catch_child, 5) == "caught boom 5"  # caught by type in the parent
 
 
-def test_exception_that_cannot_travel_is_a_task_error(sched):
+def test_exception_that_cannot_travel_is_a_task_error(sched, backend):
+    if backend == "threads":  # it does not travel: the caller gets the very exception
+        with pytest.raises(bt.Unpicklable, match="cannot send 3") as info:
+            sched.run(bt.fail_unpicklable, 3)
+        assert type(info.value.lock) is type(threading.Lock())
+        return
     with pytest.raises(penny.TaskError) as info:
         sched.run(bt.fail_unpicklable, 3)
     assert info.value.remote_type == "tests.backend_tasks.Unpicklable"
@@ -276,8 +292,8 @@ def test_shared_array_writes(sched, backend):
     if not _has_shared_arrays(sched):
         pytest.skip(f"Scheduler.shared_array/share are not in the {backend} backend yet (issue 4)")
     arr = sched.shared_array((10,), "f8", fill=0.0)
-    if backend == "local":
-        # Penny's shared memory: the task writes into the caller's array.
+    if backend in ("local", "threads"):
+        # Penny's shared memory (threads: the same memory): the task writes into the caller's array.
         assert sched.run(bt.array_write, arr, 3, 5.0) == 5.0
         assert arr[3] == 5.0
         return
@@ -296,7 +312,31 @@ def test_shared_array_writes(sched, backend):
 # ---- crashes, shutdown, configuration ----------------------------------------------------
 
 
-def test_killed_worker(make, tmp_path):
+def _thread_fault_breaks_loudly(make):
+    """The threads backend has no process to kill: its crash is a fault of
+    Penny's own code on a worker thread, which breaks the scheduler loudly
+    (every pending future fails, submits refuse) instead of hanging it."""
+    s = make(2)
+    assert s.submit(bt.add, 1, 1).result(timeout=120) == 2
+    for w in s._supervisor.workers:
+        w.find_work = _injected_fault  # the loop calls it when its own deque is empty
+    futs = [s.submit(bt.nap, 0.05) for _ in range(6)]
+    for f in futs:
+        with pytest.raises(penny.WorkerCrashedError, match="injected fault") as info:
+            f.result(timeout=120)
+        assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(penny.SchedulerClosedError, match="broken"):
+        s.submit(bt.add, 1, 1)
+    assert isinstance(s._broken, penny.WorkerCrashedError)
+
+
+def _injected_fault():
+    raise RuntimeError("injected fault")
+
+
+def test_killed_worker(make, backend, tmp_path):
+    if backend == "threads":
+        return _thread_fault_breaks_loudly(make)
     s = make(2, retries=0)
     with pytest.raises(penny.WorkerCrashedError):
         s.submit(bt.die).result(timeout=120)
@@ -306,6 +346,8 @@ def test_killed_worker(make, tmp_path):
 
 
 def test_killed_worker_under_a_parent(make, backend):
+    if backend == "threads":
+        return _thread_fault_breaks_loudly(make)
     s = make(2, retries=0)
     for fn, args in ((bt.spawn_die, ()), (bt.spawn_die_stolen, (0.3,))):
         fut = s.submit(fn, *args)

@@ -47,8 +47,23 @@ def _ray_scheduler(*args, **kwargs):
     return RayScheduler(*args, **kwargs)
 
 
+def _threads_scheduler(*args, **kwargs):
+    """Scheduler(backend="threads"): worker threads of this process."""
+    from .backends.threads import ThreadScheduler
+
+    return ThreadScheduler(*args, **kwargs)
+
+
+def _threads_executor(*args, **kwargs):
+    """Executor(backend="threads")."""
+    from .backends.threads import ThreadExecutor
+
+    return ThreadExecutor(*args, **kwargs)
+
+
 # The package is the top layer: it tells the frontend which backends exist.
 _register_backend("ray", _ray_scheduler)
+_register_backend("threads", _threads_scheduler, _threads_executor)
 
 __all__ = [
     "ArgumentPicklingError",

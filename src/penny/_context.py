@@ -8,7 +8,8 @@ must not make the lower layers import the upper ones:
 * `in_worker`: this process is one of Penny's workers (it has no scheduler
   of its own, and the ones a fork copied are not its to use);
 * `fork`: this worker's fork-join machinery (runtime.forkjoin.ForkJoin), None
-  in the main process;
+  in the main process; `current_fork()` is the one to read: it also knows
+  the worker threads of the threads backend (one ForkJoin per thread);
 * `task_context`: per thread, the scheduler of a task that another backend
   runs (backends/ray): what spawn and sync submit children to there;
 * `main_path`, `main_module()`: in a worker of Penny's launcher, the main
@@ -38,6 +39,18 @@ in_worker = False
 fork = None
 #: ``.scheduler``: set per thread by another backend's task wrapper.
 task_context = threading.local()
+#: ``.fork``: a worker thread's ForkJoin (backends/threads), where `fork` stays None.
+thread_fork = threading.local()
+
+
+def current_fork():
+    """The fork-join machinery of the worker running on this thread: the
+    process's (a worker process), this thread's (a worker thread of the
+    threads backend), or None (the caller's threads)."""
+    f = fork
+    if f is None:
+        return getattr(thread_fork, "fork", None)
+    return f
 
 _outside = threading.local()  # .futures: penny.spawn outside tasks, per thread
 

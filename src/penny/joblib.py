@@ -62,7 +62,7 @@ def __getattr__(name):
 
 
 def _in_task() -> bool:
-    fork = _context.fork
+    fork = _context.current_fork()
     return fork is not None and bool(fork.task)
 
 
@@ -172,7 +172,7 @@ def _make_class():
         # ---- sizes -----------------------------------------------------------
         def _workers(self):
             if _in_task():
-                return _context.fork.w.lay.workers
+                return _context.current_fork().w.lay.workers
             sched = self._sched or self._given or _current()
             if sched is not None:
                 return sched.workers

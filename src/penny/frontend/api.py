@@ -30,7 +30,7 @@ def _spawn_slow(fn, args, kwargs):
 
 def _sync_slow(handle):
     """penny.sync beyond the C fast path."""
-    fork = _context.fork
+    fork = _context.current_fork()
     if handle is not None:
         if type(handle) is Handle:
             if fork is None:
@@ -60,7 +60,7 @@ def join(a, b):
     run in another worker, so its function must be importable."""
     fa, aa = _split(a)
     fb, ab = _split(b)
-    fork = _context.fork
+    fork = _context.current_fork()
     if fork is not None and fork.task:
         h = spawn(fb, *ab)
         try:
@@ -98,7 +98,7 @@ def parallel_for(start: int, stop: int, body, grain: int | None = None, progress
         raise TypeError("penny.parallel_for: start and stop must be ints")
     if stop <= start:
         return None
-    fork = _context.fork
+    fork = _context.current_fork()
     inside = fork is not None and fork.task
     if grain is None:
         workers = fork.w.lay.workers if inside else _context.current_scheduler().workers

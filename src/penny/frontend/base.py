@@ -15,20 +15,27 @@ from ..runtime.worker import PARTIAL
 from .progress import make_bar
 
 #: name -> factory(*args, **kwargs) of the schedulers `Scheduler(backend=name)`
-#: returns.  "local" is Scheduler itself; the others are registered by the
-#: package (penny/__init__.py), so that this layer never imports a backend.
+#: returns, and (name, "executor") -> that of `Executor(backend=name)` where
+#: the backend has its own.  "local" is Scheduler itself; the others are
+#: registered by the package (penny/__init__.py), so that this layer never
+#: imports a backend.
 _backends: dict = {}
 
 
-def register_backend(name: str, factory) -> None:
-    """Make `Scheduler(..., backend=name)` return ``factory(*args, **kwargs)``."""
+def register_backend(name: str, factory, executor=None) -> None:
+    """Make `Scheduler(..., backend=name)` return ``factory(*args, **kwargs)``
+    (and `Executor(..., backend=name)` ``executor(*args, **kwargs)``, if given)."""
     _backends[name] = factory
+    if executor is not None:
+        _backends[(name, "executor")] = executor
 
 
-def make_backend(name: str, *args, **kwargs):
+def make_backend(name: str, *args, kind: str = "scheduler", **kwargs):
     factory = _backends.get(name)
+    if kind != "scheduler":
+        factory = _backends.get((name, kind), factory)
     if factory is None:
-        known = ", ".join(repr(n) for n in ["local", *sorted(_backends)])
+        known = ", ".join(repr(n) for n in ["local", *sorted(n for n in _backends if isinstance(n, str))])
         raise ValueError(f"penny: unknown backend {name!r}; use one of {known}")
     return factory(*args, **kwargs)
 

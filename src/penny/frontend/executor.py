@@ -36,6 +36,8 @@ class Executor(Scheduler):
       "fork", and without `mp_context` it makes the default "spawn".
     """
 
+    _kind = "executor"
+
     def __init__(self, max_workers: int | None = None, mp_context=None, initializer=None, initargs=(), *,
                  max_tasks_per_child: int | None = None, start_method: str | None = None, **kwargs):
         # The checks and messages of ProcessPoolExecutor.__init__, in its order.

@@ -79,15 +79,23 @@ class Scheduler(Frontend):
     path) or ``"fork"`` (a copy of the parent).  The remaining keywords size
     the shared region (see config.py).
 
+    ``Scheduler(..., backend="threads")`` returns a
+    `penny.backends.threads.ThreadScheduler`: the same runtime on threads of
+    this process, arguments and results by reference.
     ``Scheduler(..., backend="ray", address=None, **ray_init_kwargs)`` returns
     a `penny.backends.ray.RayScheduler` instead: the same API on a Ray cluster.
     """
 
+    #: Which factory of another backend `__new__` asks for (Executor: "executor").
+    _kind = "scheduler"
+
     def __new__(cls, *args, backend: str = "local", **kwargs):
         if backend == "local":
             return super().__new__(cls)
-        # Another backend's scheduler: not a Scheduler, so __init__ is not called again.
-        return make_backend(backend, *args, **kwargs)
+        # Another backend's scheduler.  Python calls __init__ again on what __new__
+        # returns only if it is an instance of cls (a ThreadScheduler under
+        # Scheduler(...): its __init__ returns at once when already initialised).
+        return make_backend(backend, *args, kind=cls._kind, **kwargs)
 
     def __init__(
         self,
@@ -178,7 +186,7 @@ class Scheduler(Frontend):
                 self._own_recorder.begin()
             # Workers first, our threads after: under "fork" a child then copies
             # a single-threaded parent (Python 3.12+ warns otherwise).
-            self._supervisor = Supervisor(self, multiprocessing.get_context(method), static, seed)
+            self._supervisor = self._make_supervisor(static, seed)
             self._supervisor.start_workers()
             _killpoints.arm("main")  # PENNY_KILL_AT=main:... (docs/crash-model.md); nothing when unset
             self._collector.start()
@@ -190,6 +198,10 @@ class Scheduler(Frontend):
         _context.live.add(self)
         _install_sigterm()
         self._make_current()
+
+    def _make_supervisor(self, static, seed):
+        """What starts and watches the workers (backends/threads has its own)."""
+        return Supervisor(self, multiprocessing.get_context(self._method), static, seed)
 
     # ---- submitting ---------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
@@ -388,6 +400,7 @@ class Scheduler(Frontend):
                                 fut.set_result(value)
                             except cf.InvalidStateError:
                                 pass  # cancelled by the caller in the meantime
+                    fut = value = None  # keep no result alive while idle (the caller may have dropped it)
                     for ref in slow:
                         complete(ref)
                     if self._backlog:

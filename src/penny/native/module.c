@@ -128,8 +128,8 @@ add_layout(PyObject *m)
 }
 
 /* No Py_MOD_GIL_NOT_USED (free-threaded builds): the core relies on the GIL,
- * e.g. for Shared.leases and keep_view (Lease), the fork-join globals
- * (the_fork, the fallbacks) and ForkCore's private list.  A free-threaded
+ * e.g. for Shared.leases and keep_view (Lease), the fallbacks and ForkCore's
+ * private list (the fork state per thread: forkjoin.c).  A free-threaded
  * build re-enables the GIL on import, which is correct. */
 PyMODINIT_FUNC
 PyInit__core(void)

@@ -76,8 +76,7 @@ class ForkJoin(_core.ForkCore):
 
     def __init__(self, worker):
         super().__init__(worker.s, H_IDLE, worker.own, config.MAX_INLINE_DEPTH)
-        _context.fork = self
-        self.bind()
+        self.install()
         self.w = worker
         self.s = worker.s
         self.suspended: dict = {}       # parent ref -> greenlet waiting for its children
@@ -85,6 +84,12 @@ class ForkJoin(_core.ForkCore):
         self.published: dict = {}       # task ref -> set of its published, untaken handles
         self.root = None                # the process's main greenlet
         self.pinned: set = set()        # private children that cannot be published (unpicklable)
+
+    def install(self) -> None:
+        """Become the fork state that penny.spawn/sync (C: per thread) and
+        `_context.current_fork()` find: the process's, in a worker process."""
+        _context.fork = self
+        self.bind()
 
     def register(self, fn) -> int:
         """Function id for a spawn of `fn` that the C fast path did not know.
@@ -356,7 +361,7 @@ sync = _core.sync
 def _body(body):
     """parallel_for's body: the callable itself, or its function id (one
     registration per parallel_for call, named by every subrange)."""
-    return body if callable(body) else _context.fork.w.functions.lookup(body)
+    return body if callable(body) else _context.current_fork().w.functions.lookup(body)
 
 
 def _pfor(body, lo: int, hi: int, grain: int) -> None:
@@ -385,7 +390,7 @@ def _pfor_counted(body, lo: int, hi: int, grain: int, counter: int) -> None:
         hi = mid
     fn(lo, hi)
     # Relaxed: a progress hint; the bar is completed by the result anyway.
-    _context.fork.s.fetch_add64(counter, hi - lo, _core.RELAXED)
+    _context.current_fork().s.fetch_add64(counter, hi - lo, _core.RELAXED)
     for h in reversed(handles):
         sync(h)
     return None

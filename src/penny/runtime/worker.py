@@ -190,6 +190,9 @@ def set_pdeathsig(sig: int) -> bool:
 
 
 class Worker:
+    #: The fork-join machinery each worker makes (backends/threads: its own subclass).
+    fork_class = ForkJoin
+
     def __init__(self, region, wid: int, static_functions: dict, start_method: str, seed: int | None):
         s = region.shared
         lay = region.layout
@@ -225,7 +228,7 @@ class Worker:
         self.held = self.slice + W_HELD         # the held words of a spawn in progress (crash-model.md, "spawn")
         self.inbox = lay.inbox(wid)
         self.by_id = self.functions._by_id
-        self.fork = ForkJoin(self)
+        self.fork = self.fork_class(self)
         self.max_tasks = self.tasks_left = None   # Executor(max_tasks_per_child=): set by main
         self.retired = False
         s.store32(self.slice + W_ID, wid, _core.RELAXED)

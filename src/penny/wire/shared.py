@@ -227,8 +227,8 @@ def lease_block(arena, off: int, nbytes: int, readonly: bool) -> _core.Lease:
 
 # ---- the public functions (inside tasks: the worker's scheduler) -----------------------
 def _current_arena():
-    fork = _context.fork
-    if fork is not None:  # in a worker process
+    fork = _context.current_fork()
+    if fork is not None:  # in a worker (process or thread)
         return fork.w.arena
     sched = _context.current_scheduler()
     sched._check_open()
