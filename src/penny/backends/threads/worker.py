@@ -70,7 +70,7 @@ class ThreadForkJoin(ForkJoin):
         the table, its record carries the key.  False if no record is free."""
         w = self.w
         key = self.table.put(Call(h.fn, h.args, h.kwargs))
-        ref = self.s.spawn(CALL_FID, (key,), h.parent, w.own)
+        ref = self.s.spawn(CALL_FID, (key,), h.parent, w.own, w.held)
         if ref <= 0:
             self.table.pop(key)
             if ref < 0:
