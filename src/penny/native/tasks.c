@@ -545,10 +545,12 @@ queue_child(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, Py_ssize_t 
     /* Every child published so far finished (acquire: pairs with their
      * acq_rel counts): no count of the join word is pending, so both start
      * again from 0, which keeps them far below JOIN_GIVEN however many
-     * children a task publishes in its life. */
+     * children a task publishes in its life.  Spawned first: a death between
+     * the two stores leaves more finished than spawned, which every reader
+     * takes as "none outstanding" (true), never a phantom child. */
     if (s0 && atomic_load_explicit(join, memory_order_acquire) == s0) {
-        atomic_store_explicit(join, 0, memory_order_relaxed);
         atomic_store_explicit(spawned, 0, memory_order_relaxed);
+        atomic_store_explicit(join, 0, memory_order_relaxed);
         s0 = 0;
     }
     /* Room on our deque (acquire top, as in cl_push): only we push, so the
@@ -931,7 +933,7 @@ S_token_give(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     uint32_t before = atomic_fetch_add_explicit(join, JOIN_GIVEN, memory_order_acq_rel);
     KILL_POINT(TOKEN_GIVE_AFTER_GIVE);
     /* Relaxed: our own count. */
-    return PyBool_FromLong((before & ~JOIN_GIVEN) == atomic_load_explicit(spawned, memory_order_relaxed));
+    return PyBool_FromLong((before & ~JOIN_GIVEN) >= atomic_load_explicit(spawned, memory_order_relaxed));
 }
 
 /* token_take(rec_off): a resumed task (every child finished) takes its token
@@ -944,8 +946,8 @@ S_token_take(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     a32 *join, *spawned;
     if (!counts_at(s, args[0], &join, &spawned))
         return NULL;
+    atomic_store_explicit(spawned, 0, memory_order_relaxed);  /* first: see queue_child */
     atomic_store_explicit(join, 0, memory_order_relaxed);
-    atomic_store_explicit(spawned, 0, memory_order_relaxed);
     Py_RETURN_NONE;
 }
 

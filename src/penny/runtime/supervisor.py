@@ -285,7 +285,7 @@ class Supervisor:
                 # the word, so that a later death of this slot, while the task
                 # still waits here for its children, leaves the token alone).
                 before = tasks.give_token(rec)
-                if (before & ~JOIN_GIVEN) == tasks.spawned(rec):
+                if (before & ~JOIN_GIVEN) >= tasks.spawned(rec):  # >=: see TaskTable.outstanding
                     reap(tasks, sched._arena, ref, why)
             # Else children are still running: the last one to finish posts this
             # task to worker w's inbox, and w's replacement reaps it (worker.py).

@@ -127,8 +127,10 @@ class TaskTable:
 
     def outstanding(self, rec: int) -> int:
         """Published children not yet finished (the task's own worker, or a
-        supervisor after that worker died: the spawned count is then final)."""
-        return self.spawned(rec) - (self.join(rec) & ~JOIN_GIVEN)
+        supervisor after that worker died: the spawned count is then final).
+        Never below 0: a worker that died between the two stores of a reset
+        (spawned first) leaves more finished than spawned, and none is."""
+        return max(0, self.spawned(rec) - (self.join(rec) & ~JOIN_GIVEN))
 
     def give_token(self, rec: int) -> int:
         """Give up the token of a task that holds it (its worker died): the
