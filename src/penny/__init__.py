@@ -30,6 +30,7 @@ from .errors import (  # noqa: E402
     ResultPicklingError,
     SchedulerClosedError,
     TaskError,
+    TaskInterrupted,
     UnknownFunctionError,
     WorkerCrashedError,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "Scheduler",
     "SchedulerClosedError",
     "TaskError",
+    "TaskInterrupted",
     "UnknownFunctionError",
     "WorkerCrashedError",
     "__version__",

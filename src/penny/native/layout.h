@@ -35,6 +35,7 @@
 #define R_ATTEMPTS 48   /* u32 times the task was started (crash retries) */
 #define R_JOIN 52       /* u32 1 (the running task's token) + children not yet finished */
 #define R_OWNER 56      /* u32 worker running the task (where its continuation lives) */
+/* +60: u32 interrupt request word, read and written by Python only (layout.py R_INTERRUPT) */
 #define R_INLINE 64     /* inline arguments, then the inline result */
 #define INLINE_SIZE (RECORD_SIZE - R_INLINE)
 

@@ -69,6 +69,7 @@ H_COLLECTOR_SLEEPERS = 3 * LINE + 4  # u32: 1 while the collector is a sleeper
 H_FN_COUNT = 4 * LINE  # u32: function directory entries allocated
 H_IDLE = 4 * LINE + 32  # u32: workers looking for work (a hint for lazy publication)
 H_SCRATCH = 4 * LINE + 40  # u64: written and never read (an unused `current` word for settle)
+H_INTERRUPTS = 4 * LINE + 48  # u32: Scheduler.interrupt requests outstanding (runtime/interrupt.py)
 H_TASK_FREE = 5 * LINE  # u64: tagged head of the task-record free list
 H_ARENA_BUMP = 6 * LINE  # u64: bytes of the arena carved so far
 H_ARENA_FREE = 7 * LINE  # u64[ARENA_CLASSES]: tagged heads of block free lists
@@ -122,6 +123,7 @@ R_BLOB_LEN = 40        # u64 its length in bytes
 R_ATTEMPTS = 48        # u32 times the task was started (crash retries)
 R_JOIN = 52            # u32 1 (the running task's token) + children not yet finished
 R_OWNER = 56           # u32 worker running the task (where its continuation lives)
+R_INTERRUPT = 60       # u32 interrupt request for this life of the record (runtime/interrupt.py; Python only)
 R_INLINE = 64          # inline arguments, then the inline result
 INLINE_SIZE = RECORD_SIZE - R_INLINE
 
