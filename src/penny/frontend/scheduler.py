@@ -349,7 +349,8 @@ class Scheduler(Frontend):
         task that has not started is cancelled, as by ``future.cancel()``.
 
         True if the request was made (the task was running, or was cancelled
-        while queued); False if it had already finished.  A task that catches
+        while queued); False if it had already finished (or the scheduler is
+        shut down).  A task that catches
         the exception and goes on is not interrupted again unless this is
         called again; one that finishes before the request reaches it
         completes normally."""

@@ -125,10 +125,6 @@ def clear(tasks, ref: int) -> None:
             return
 
 
-def interrupted(message: str) -> TaskInterrupted:
-    return TaskInterrupted(message)
-
-
 ROOT_MESSAGE = "penny: the task was interrupted (Scheduler.interrupt)"
 CHILD_MESSAGE = "penny: the task was interrupted with its parent (Scheduler.interrupt)"
 
@@ -281,7 +277,7 @@ class Interrupts:
             if h.parent == ref and h.state == _PRIVATE:
                 fork.pinned.discard(h)
                 h._publish(0)  # no record: "published" only so that it can be settled
-                h._settle(interrupted(CHILD_MESSAGE), True)
+                h._settle(TaskInterrupted(CHILD_MESSAGE), True)
                 pub = fork.published.get(ref)
                 if pub is None:
                     fork.published[ref] = {h}
@@ -292,7 +288,7 @@ class Interrupts:
         fork.swap_private(keep)
         self._mark_delivered(ref)
         self.delivered += 1
-        return interrupted(CHILD_MESSAGE if tasks.parent(tasks.record(ref)) else ROOT_MESSAGE)
+        return TaskInterrupted(CHILD_MESSAGE if tasks.parent(tasks.record(ref)) else ROOT_MESSAGE)
 
     def _mark_delivered(self, ref: int) -> None:
         tasks = self.tasks
