@@ -134,3 +134,17 @@ def finally_marker(path, limit=60.0):
     finally:
         with open(path, "w") as f:
             f.write("cleaned")
+
+
+def ignore_then_sync_old_child(limit=60.0):
+    """Spawns a child (private in a 1-worker scheduler), catches the interrupt,
+    then syncs the child: it was interrupted with its parent."""
+    h = penny.spawn(add_one, 41)
+    try:
+        spin(limit)
+    except penny.TaskInterrupted:
+        pass
+    try:
+        return penny.sync(h)
+    except penny.TaskInterrupted:
+        return "child interrupted"

@@ -68,6 +68,8 @@ def assert_clean(s, pids, timeout=30.0):
             break
         assert time.monotonic() < end, f"left: {count} requests, records not free: {busy[:10]}"
         time.sleep(0.01)
+    words = [i for i in range(tasks.capacity) if tasks.interrupt_word(tasks.record_at(i))]
+    assert not words, f"request words left in records {words[:10]}"
     assert helpers.worker_pids(s) == pids, "a worker died or was replaced"
     assert s._supervisor.crashes == 0
 
@@ -232,6 +234,15 @@ def test_children_spawned_after_an_ignored_interrupt_run_normally(sched):
     assert sched.interrupt(f)
     assert f.result(timeout=60) == 42
     assert_clean(sched, pids)
+
+
+def test_children_pending_at_the_request_are_interrupted_even_if_the_parent_goes_on(s1):
+    pids = helpers.worker_pids(s1)
+    f = s1.submit(it.ignore_then_sync_old_child, LONG)
+    wait_running(f)
+    assert s1.interrupt(f)
+    assert f.result(timeout=60) == "child interrupted"
+    assert_clean(s1, pids)
 
 
 # ---- trees -------------------------------------------------------------------------------------
