@@ -170,6 +170,7 @@ PUBLIC = {
     "Scheduler",
     "SchedulerClosedError",
     "TaskError",
+    "TaskInterrupted",
     "UnknownFunctionError",
     "WorkerCrashedError",
     "__version__",

@@ -14,6 +14,7 @@ import pytest
 import penny
 from penny.shm.layout import R_STATE, S_FREE
 
+from . import helpers as h
 from . import recovery_tasks as rt
 
 
@@ -116,3 +117,36 @@ def test_future_running_reflects_the_task(make_sched, tmp_path):
     assert fut.running()  # read from the task's record: a worker runs it
     assert fut.result(timeout=60) == 5
     assert not fut.running() and fut.done()
+
+
+def test_a_completion_collected_twice_frees_its_record_once(make_sched):
+    """A supervisor may route a settled root task a second time (crash-model.md,
+    "settle"); when both completions reach the collector, the second must be
+    dropped.  It used to free the record again: the record then sat twice on
+    the free list and two tasks got it (seen in a 10-minute soak as "task ref
+    ... is not a record taken for a new task" and lost futures)."""
+    from penny.shm.layout import S_CANCELLED
+
+    s = make_sched(1)
+    s.run(h.add, 1, 1)
+    tasks = s._tasks
+    ref = tasks.alloc()
+    tasks.set_status(ref, S_CANCELLED)  # an outcome that needs no future
+    s._complete(ref)
+    s._complete(ref)  # the second completion of the same ref
+    a, b = tasks.alloc(), tasks.alloc()
+    try:
+        assert (a & 0xFFFF_FFFF) != (b & 0xFFFF_FFFF), "one record handed out twice"
+    finally:
+        tasks.free(a)
+        tasks.free(b)
+    assert s.run(h.add, 2, 3) == 5
+
+
+def test_freeing_a_task_ref_twice_is_refused(make_sched):
+    s = make_sched(1)
+    tasks = s._tasks
+    ref = tasks.alloc()
+    tasks.free(ref)
+    with pytest.raises(ValueError, match="freed twice"):
+        tasks.free(ref)

@@ -30,6 +30,7 @@ from .errors import (  # noqa: E402
     ResultPicklingError,
     SchedulerClosedError,
     TaskError,
+    TaskInterrupted,
     UnknownFunctionError,
     WorkerCrashedError,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "Scheduler",
     "SchedulerClosedError",
     "TaskError",
+    "TaskInterrupted",
     "UnknownFunctionError",
     "WorkerCrashedError",
     "__version__",

@@ -93,3 +93,16 @@ TRACE_POLL = 0.02
 #: Seconds between two updates of a parallel_for progress bar (the main
 #: thread reads one shared counter each time; workers never wait for it).
 PROGRESS_POLL = 0.1
+
+#: Scheduler.interrupt reaches a worker as this real-time signal (an offset
+#: from SIGRTMIN; glibc keeps the first ones for itself, and nothing else in
+#: a worker uses real-time signals).  The handler raises TaskInterrupted only
+#: inside task code (runtime/interrupt.py).
+INTERRUPT_SIGNAL_OFFSET = 6
+
+#: When the signal finds the worker in Penny's own code (between tasks, inside
+#: spawn/sync), the worker asks again after this long (seconds), doubling up
+#: to INTERRUPT_RETRY_MAX: a task leaves Penny's code within microseconds,
+#: and a retry costs a signal and a few loads.
+INTERRUPT_RETRY = 0.0005
+INTERRUPT_RETRY_MAX = 0.02

@@ -68,6 +68,16 @@ class BrokenExecutorError(PennyError, BrokenProcessPool):
     for the standard library catches it unchanged."""
 
 
+class TaskInterrupted(BaseException):
+    """The task was interrupted by `Scheduler.interrupt` (or its parent was).
+
+    Raised inside the task's own code, at the bytecode boundary where the
+    worker's main thread next runs Python code of the task, and re-raised by
+    ``future.result()``.  Like `KeyboardInterrupt` and
+    `asyncio.CancelledError`, a `BaseException` and not a `PennyError`, so
+    that a task's ``except Exception:`` does not swallow it (docs/interrupt.md)."""
+
+
 class RemoteTraceback(Exception):
     """Attached as ``__cause__`` of an exception re-raised from a worker, so the
     worker's traceback prints after the local one (as concurrent.futures does)."""

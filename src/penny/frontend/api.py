@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .. import _context, _core
 from ..errors import PennyError
+from ..runtime import interrupt as _interrupt
 from ..runtime.forkjoin import _pfor
 from .progress import run_parallel_for
 
@@ -41,6 +42,7 @@ def _sync_slow(handle):
         raise TypeError(f"penny.sync: expected a handle from penny.spawn, got {type(handle).__name__}")
     if fork is not None and fork.task:
         err = fork.end_task(fork.task)
+        fork.check_interrupt()  # Scheduler.interrupt while it waited (runtime/interrupt.py)
         if err is not None:
             raise err
         return None
@@ -52,6 +54,8 @@ def _sync_slow(handle):
 
 
 _core.set_fallbacks(_spawn_slow, _sync_slow)
+# An interrupt raised in a private child that fork.sync runs passes through here.
+_interrupt.register_transparent(_sync_slow, "sync")
 
 
 def join(a, b):
@@ -76,6 +80,10 @@ def join(a, b):
     fut_b = sched.submit(fb, *ab)
     fut_a = sched.submit(fa, *aa)
     return fut_a.result(), fut_b.result()
+
+
+# An interrupt raised in join's first half passes through join (which syncs the second).
+_interrupt.register_transparent(join, "*")
 
 
 def _split(x):

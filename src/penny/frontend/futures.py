@@ -78,6 +78,8 @@ class _Condition:
 class TaskFuture(cf.Future):
     """A `concurrent.futures.Future` whose `cancel` also withdraws a queued task."""
 
+    _interrupt_ref = 0  # the ref of an outstanding Scheduler.interrupt request (scheduler.py)
+
     def __init__(self, scheduler):
         # The attributes of Future.__init__, with the slim condition.
         self._condition = _Condition()

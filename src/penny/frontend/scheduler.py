@@ -35,6 +35,7 @@ from ..errors import (
     UnknownFunctionError,
     WorkerCrashedError,
 )
+from ..runtime import interrupt as _interrupt
 from ..runtime.supervisor import Supervisor
 from ..shm import parking
 from ..shm.arena import Arena
@@ -42,6 +43,7 @@ from ..shm.layout import (
     F_ARGS_BLOB,
     H_COLLECTOR,
     H_COLLECTOR_SLEEPERS,
+    H_INTERRUPTS,
     H_SHUTDOWN,
     H_SLEEPERS,
     S_CANCELLED,
@@ -49,7 +51,9 @@ from ..shm.layout import (
     S_DONE,
     S_FAILED,
     S_QUEUED,
+    S_RUNNING,
     STAT_NAMES,
+    W_PID,
     Layout,
 )
 from ..shm.parking import Notifier, Parker
@@ -165,6 +169,7 @@ class Scheduler(Frontend):
         self._stats_lock = threading.Lock()
         self._stats_base = [[0] * len(STAT_NAMES) for _ in range(workers)]
         self._stats_t0 = time.monotonic()
+        self._interrupt_lock = threading.Lock()
 
         region = Region.create(self._layout)
         self._region = region
@@ -344,6 +349,74 @@ class Scheduler(Frontend):
             return cf.Future.cancel(fut)
         return fut.cancelled()
 
+    # ---- interrupting -------------------------------------------------------------
+    def interrupt(self, future) -> bool:
+        """Ask the task of `future` to stop (docs/interrupt.md).
+
+        A running task sees `penny.TaskInterrupted` raised in its own code at
+        the next bytecode boundary of the worker's main thread (a blocking call
+        such as ``time.sleep`` is cut short; a long computation in C is
+        interrupted when it returns to Python), and so do its children, and
+        ``future.result()`` raises it; the worker goes on with other work.  A
+        task that has not started is cancelled, as by ``future.cancel()``.
+
+        True if the request was made (the task was running, or was cancelled
+        while queued); False if it had already finished (or the scheduler is
+        shut down).  A task that catches
+        the exception and goes on is not interrupted again unless this is
+        called again; one that finishes before the request reaches it
+        completes normally."""
+        if not isinstance(future, TaskFuture) or future._scheduler is not self:
+            raise ValueError("penny: interrupt() takes a future returned by this scheduler")
+        self._check_foreign()
+        if future.done() or self._s is None:
+            return False
+        if future._ref == 0 or self._tasks.status(future._ref) == S_QUEUED:
+            if future.cancel():  # in the backlog, or queued: it never starts
+                return True
+        with self._interrupt_lock:
+            s = self._s
+            ref = future._ref  # 0: still in the backlog, being injected right now
+            if s is None or not ref or future.done() or self._tasks.status(ref) != S_RUNNING:
+                return False
+            first = not future._interrupt_ref
+            if first:
+                # Counted before the word is written: a worker that sees the
+                # word also sees the count (and claims look at the count).
+                s.fetch_add32(H_INTERRUPTS, 1, _core.SEQ_CST)
+                future._interrupt_ref = ref
+            _interrupt.request(self._tasks, ref)
+        if first:
+            future.add_done_callback(self._interrupt_done)  # runs at once if it finished meanwhile
+        self._signal_workers()
+        return True
+
+    def _interrupt_done(self, future) -> None:
+        """The interrupted task's future completed: forget its request."""
+        with self._interrupt_lock:
+            s = self._s
+            ref, future._interrupt_ref = future._interrupt_ref, 0
+            if s is None or not ref:
+                return
+            _interrupt.clear(self._tasks, ref)
+            s.fetch_add32(H_INTERRUPTS, 0xFFFF_FFFF, _core.SEQ_CST)
+
+    def _signal_workers(self) -> None:
+        """Send the interrupt signal to every worker that has installed its
+        handler (it publishes its pid after installing it)."""
+        sup, s, lay = self._supervisor, self._s, self._layout
+        with sup._lock:  # a process object is not reaped (its pid not reused) while we hold it
+            for w, p in enumerate(sup.procs):
+                if p is None or s is None or s.load32(lay.slice(w) + W_PID, _core.ACQUIRE) != p.pid:
+                    continue
+                try:
+                    if isinstance(p, multiprocessing.process.BaseProcess):
+                        os.kill(p.pid, _interrupt.SIGNAL)
+                    else:
+                        p._signal(_interrupt.SIGNAL)  # launcher.LaunchedProcess: through its pidfd
+                except (ProcessLookupError, OSError):
+                    pass  # it died meanwhile: the supervisor recovers its tasks
+
     # ---- map ------------------------------------------------------------------
     def map(self, fn, *iterables, timeout=None, chunksize=None, progress=None, buffersize=None):
         """Ordered results of ``fn(*args)`` over zipped `iterables`.
@@ -440,9 +513,16 @@ class Scheduler(Frontend):
     def _complete(self, ref: int) -> None:
         """Move a finished task's outcome into its future and recycle the record."""
         tasks = self._tasks
-        fut = self._futures.pop(ref, None)
         rec = tasks.record(ref)
         status = tasks.status(ref)  # acquire: pairs with the worker's release
+        if status == -1:
+            # Another generation: a second completion of a ref collected (and
+            # its record freed) already, e.g. in the same batch, after a
+            # supervisor routed a settled task again (crash-model.md,
+            # "settle").  Freeing it again would put the record on the free
+            # list twice.
+            return
+        fut = self._futures.pop(ref, None)
         flags = tasks.flags(rec)
         ok, value = False, None
         try:

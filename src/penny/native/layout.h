@@ -38,7 +38,8 @@
 #define R_JOIN 52       /* u32 children finished, + JOIN_GIVEN once the task gave its token up */
 #define R_OWNER 56      /* u32 worker running the task (where its continuation lives) */
 #define R_SPAWNED 60    /* u32 children published (written by the task's own worker only) */
-#define R_INLINE 64     /* inline arguments, then the inline result */
+#define R_INTERRUPT 64  /* u32 interrupt request word, read and written by Python only (layout.py) */
+#define R_INLINE 72     /* inline arguments, then the inline result */
 #define INLINE_SIZE (RECORD_SIZE - R_INLINE)
 
 /* ---- region header words (byte offsets from 0; layout.py H_*) ---- */

@@ -822,8 +822,14 @@ S_free_task(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (idx < 0 || idx >= g->capacity)
         return PyErr_Format(PyExc_ValueError, "bad task ref %llu", (unsigned long long)ref);
     char *tbase = s->base + g->tasks;
-    atomic_store_explicit((a64 *)(tbase + idx * RECORD_SIZE + R_STATE),
-                          ((uint64_t)S_FREE << 32) | (((ref >> 32) + 1) & GEN_MASK), memory_order_relaxed);
+    a64 *state = (a64 *)(tbase + idx * RECORD_SIZE + R_STATE);
+    /* Relaxed: the caller owns the record; this only catches a second free
+     * (the record then has the next generation), which would put it on the
+     * free list twice and hand it out twice. */
+    if ((atomic_load_explicit(state, memory_order_relaxed) & GEN_MASK) != (ref >> 32))
+        return PyErr_Format(PyExc_ValueError, "task ref %llu freed twice (its record is of another generation)",
+                            (unsigned long long)ref);
+    atomic_store_explicit(state, ((uint64_t)S_FREE << 32) | (((ref >> 32) + 1) & GEN_MASK), memory_order_relaxed);
     tagged_push((a64 *)(s->base + H_TASK_FREE), tbase, RECORD_SIZE, R_LINK, idx);
     Py_RETURN_NONE;
 }

@@ -52,6 +52,7 @@ from ..shm.layout import (
 from ..trace.rings import PUBLISH, RESUME, SUSPEND
 from ..wire import marshal
 from ..wire.functions import qualified_name
+from .interrupt import clear as clear_interrupt
 from .recovery import reap
 
 #: A child spawned by the running task (implemented in C: _core.Handle).
@@ -176,7 +177,15 @@ class ForkJoin(_core.ForkCore):
                 return self.run_handle(h)
             # Too deep for this stack: it is published; a fresh fiber runs it.
         self.wait_for(h)
+        self.check_interrupt()  # back from waiting (maybe suspended): interrupted meanwhile?
         return self._outcome(h)
+
+    def check_interrupt(self) -> None:
+        """Raise TaskInterrupted here if the running task is due (runtime/interrupt.py):
+        where a sync returns into the task, the state of fork-join consistent."""
+        task = self.task
+        if task:
+            self.w.interrupts.check(task)
 
     @staticmethod
     def _outcome(h):
@@ -245,6 +254,8 @@ class ForkJoin(_core.ForkCore):
         except BaseException as e:  # noqa: BLE001 - an outcome that cannot be unpickled here
             value, failed = e, True
         finally:
+            if w.interrupts.active():
+                clear_interrupt(tasks, h.ref)  # the record's next life starts without a request
             tasks.free(h.ref)
         h._settle(value, failed)  # published -> done
         pub = self.published.get(h.parent)

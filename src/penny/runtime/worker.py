@@ -34,6 +34,7 @@ from ..shm.layout import (
     H_COLLECTOR,
     H_COLLECTOR_SLEEPERS,
     H_IDLE,
+    H_INTERRUPTS,
     H_SHUTDOWN,
     H_SLEEPERS,
     S_CANCELLED,
@@ -64,12 +65,15 @@ from ..trace.rings import (
 )
 from ..wire import marshal
 from ..wire.functions import FunctionTable
-from .forkjoin import NEW_FIBER, ForkJoin
+from ..wire.functions import call as _call_by_value
+from . import interrupt as _interrupt
+from .forkjoin import NEW_FIBER, ForkJoin, _pfor, _pfor_counted
 
 _EMPTY = _core.EMPTY
 #: Attribute of a map chunk's exception carrying the results before it (frontend/base.py PARTIAL).
 PARTIAL = "_penny_map_partial"
 _RETRY = _core.RETRY
+_RELAXED = _core.RELAXED
 
 # Workers log to "penny.worker" only and add no handler: under fork they use
 # the parent's logging setup, under spawn/forkserver none (records are dropped
@@ -132,6 +136,9 @@ def main(handle: RegionHandle, wid: int, static_functions: dict, start_method: s
             sys.stderr.flush()
             os._exit(0)
     finally:
+        # No interrupt may reach a worker on its way out (the handler goes with
+        # the interpreter, and the signal's default action is to terminate).
+        _interrupt.Interrupts.block_here()
         current = None
         region.close()
     if retired:
@@ -229,6 +236,17 @@ class Worker:
         self.inbox = lay.inbox(wid)
         self.by_id = self.functions._by_id
         self.fork = self.fork_class(self)
+        # Scheduler.interrupt: the handler is installed before our pid is
+        # published below, and the main process signals only published pids.
+        self.interrupts = _interrupt.Interrupts(
+            self,
+            boundaries={Worker.run_task.__code__: _interrupt.call_lines(Worker.run_task, "*"),
+                        ForkJoin.end_task.__code__: _interrupt.call_lines(ForkJoin.end_task, "run_handle")},
+            transparent={ForkJoin.sync.__code__: _interrupt.call_lines(ForkJoin.sync, "run_handle"),
+                         **_interrupt.transparent_frames()},
+            task_functions=(run_chunk, run_chunk1, _pfor, _pfor_counted, _call_by_value),
+        )
+        self.interrupts.install()
         self.max_tasks = self.tasks_left = None   # Executor(max_tasks_per_child=): set by main
         self.retired = False
         s.store32(self.slice + W_ID, wid, _core.RELAXED)
@@ -343,12 +361,14 @@ class Worker:
         outer = fork.task
         fork.task = ref
         try:
+            if s.load32(H_INTERRUPTS, _RELAXED):  # Scheduler.interrupt: requests outstanding
+                self.interrupts.check(ref)        # a due task fails here, unstarted
             fn = self.by_id.get(fid)
             if fn is None or args is None:
                 fn, args, kwargs = self.resolve(ref, fid, flags, args)
                 value = fn(*args, **kwargs)
             else:
-                value = fn(*args)
+                value = fn(*args)  # (interrupt.py finds this call and the one above by their *args)
             failed = False
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the caller
             value, failed = exc, True
@@ -609,6 +629,7 @@ def watch_parent(pid: int) -> None:
     import threading
 
     def watch():
+        _interrupt.Interrupts.block_here()  # Scheduler.interrupt's signal is for the main thread
         while process_alive(pid):
             time.sleep(0.5)
         os._exit(3)

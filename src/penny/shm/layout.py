@@ -69,6 +69,7 @@ H_COLLECTOR_SLEEPERS = 3 * LINE + 4  # u32: 1 while the collector is a sleeper
 H_FN_COUNT = 4 * LINE  # u32: function directory entries allocated
 H_IDLE = 4 * LINE + 32  # u32: workers looking for work (a hint for lazy publication)
 H_SCRATCH = 4 * LINE + 40  # u64: written and never read (an unused `current` word for settle)
+H_INTERRUPTS = 4 * LINE + 48  # u32: Scheduler.interrupt requests outstanding (runtime/interrupt.py)
 H_TASK_FREE = 5 * LINE  # u64: tagged head of the task-record free list
 H_ARENA_BUMP = 6 * LINE  # u64: bytes of the arena carved so far
 H_ARENA_FREE = 7 * LINE  # u64[ARENA_CLASSES]: tagged heads of block free lists
@@ -138,7 +139,8 @@ R_JOIN = 52            # u32 children finished, + JOIN_GIVEN once the task gave 
 JOIN_GIVEN = 0x8000_0000  # the join word's token bit (suspended in sync, or doomed)
 R_OWNER = 56           # u32 worker running the task (where its continuation lives)
 R_SPAWNED = 60         # u32 children published (written by the task's own worker only)
-R_INLINE = 64          # inline arguments, then the inline result
+R_INTERRUPT = 64       # u32 interrupt request for this life of the record (runtime/interrupt.py; Python only)
+R_INLINE = 72          # inline arguments, then the inline result
 INLINE_SIZE = RECORD_SIZE - R_INLINE
 
 # task status (the high half of R_STATE)

@@ -29,6 +29,7 @@ from .layout import (
     R_FLAGS,
     R_FN,
     R_INLINE,
+    R_INTERRUPT,
     R_JOIN,
     R_LINK,
     R_OWNER,
@@ -142,6 +143,17 @@ class TaskTable:
         """Add one to the times the task was started; the new count (relaxed:
         only the supervisor of a dead worker writes it, under its own lock)."""
         return self.s.fetch_add32(rec + R_ATTEMPTS, 1, _R) + 1
+
+    def interrupt_word(self, rec: int) -> int:
+        """The record's interrupt request word (runtime/interrupt.py).  Acquire:
+        pairs with the release CAS of its writer (the main process, or the
+        worker that delivers or passes a request on)."""
+        return self._load32(rec + R_INTERRUPT, _core.ACQUIRE)
+
+    def cas_interrupt(self, rec: int, old: int, new: int) -> bool:
+        """CAS the interrupt request word (AcqRel: the main process and the
+        workers both write it)."""
+        return self.s.cas32(rec + R_INTERRUPT, old, new, _core.ACQ_REL)[0]
 
     def blob(self, rec: int) -> tuple[int, int]:
         """(arena offset, length) of the record's pickled arguments or result."""

@@ -118,6 +118,15 @@ class RayScheduler(Frontend):
         """``submit(fn, ...).result()``."""
         return self.submit(fn, *args, **kwargs).result()
 
+    def interrupt(self, future) -> bool:
+        """Not available on this backend (docs/interrupt.md): Penny's
+        interrupt is delivered by its own workers' signal handler."""
+        raise NotImplementedError(
+            "penny: Scheduler.interrupt is not implemented on the Ray backend; future.cancel() withdraws a "
+            "queued task, and ray.cancel(ref) interrupts a running one with Ray's own semantics "
+            "(KeyboardInterrupt in the task)"
+        )
+
     def _check_open(self) -> None:
         if self._closed:
             raise SchedulerClosedError("penny: this scheduler was shut down; create a new one")
