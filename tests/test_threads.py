@@ -338,3 +338,11 @@ def test_spawn_cache_keeps_no_object_alive(s2):
     s2.run(tt.identity, None)  # the collector's last future is another one now
     gc.collect()
     assert ref() is None
+
+
+def test_interrupt_is_refused_clearly_on_threads():
+    with penny.Scheduler(1, backend="threads") as s:
+        f = s.submit(pow, 2, 3)
+        with pytest.raises(NotImplementedError, match="threads backend"):
+            s.interrupt(f)
+        f.result(timeout=60)

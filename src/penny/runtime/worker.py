@@ -199,6 +199,9 @@ def set_pdeathsig(sig: int) -> bool:
 class Worker:
     #: The fork-join machinery each worker makes (backends/threads: its own subclass).
     fork_class = ForkJoin
+    #: Whether Scheduler.interrupt reaches this worker's tasks (its signal
+    #: handler needs the process's main thread: not on the threads backend).
+    interruptible = True
 
     def __init__(self, region, wid: int, static_functions: dict, start_method: str, seed: int | None):
         s = region.shared
@@ -246,7 +249,8 @@ class Worker:
                          **_interrupt.transparent_frames()},
             task_functions=(run_chunk, run_chunk1, _pfor, _pfor_counted, _call_by_value),
         )
-        self.interrupts.install()
+        if self.interruptible:
+            self.interrupts.install()
         self.max_tasks = self.tasks_left = None   # Executor(max_tasks_per_child=): set by main
         self.retired = False
         s.store32(self.slice + W_ID, wid, _core.RELAXED)

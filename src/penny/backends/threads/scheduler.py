@@ -102,6 +102,13 @@ class ThreadScheduler(Scheduler):
     Scheduler's.  `initializer(*initargs)` runs on every worker thread before
     its first task (`penny.Executor`'s semantics)."""
 
+    def interrupt(self, future) -> bool:
+        """Not available on this backend yet (docs/interrupt.md): Penny's
+        interrupt is a signal to a worker process's main thread."""
+        raise NotImplementedError(
+            "penny: Scheduler.interrupt is not implemented on the threads backend yet; "
+            "future.cancel() withdraws a queued task")
+
     def __init__(self, workers: int | None = None, functions: dict | None = None, start_method: str | None = None,
                  *, initializer=None, initargs=(), thread_name_prefix: str = "", retries: int = 1, seed=None,
                  **kwargs):

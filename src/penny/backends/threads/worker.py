@@ -113,6 +113,7 @@ class ThreadWorker(Worker):
     """`runtime.worker.Worker` on a thread of the scheduler's process."""
 
     fork_class = ThreadForkJoin
+    interruptible = False  # the interrupt's signal handler needs the main thread (docs/interrupt.md)
 
     def __init__(self, sched, wid: int, seed):
         self.table = sched._table
