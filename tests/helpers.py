@@ -338,13 +338,21 @@ def worker_pids(sched) -> list[int]:
 
 
 def wait_for_file(path, timeout=30.0) -> str:
+    """The contents of `path` once it exists and, if its writer writes
+    something, once that is there (a task's open(..., "w") creates the file
+    before its write lands: reading at once can see it empty)."""
     end = time.monotonic() + timeout
     while not os.path.exists(path):
         if time.monotonic() > end:
             raise AssertionError(f"{path} did not appear within {timeout} s")
         time.sleep(0.005)
-    with open(path) as f:
-        return f.read()
+    settle = min(end, time.monotonic() + 5.0)  # a marker that stays empty is returned as ""
+    while True:
+        with open(path) as f:
+            data = f.read()
+        if data or time.monotonic() > settle:
+            return data
+        time.sleep(0.005)
 
 
 def subprocess_env() -> dict:

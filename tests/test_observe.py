@@ -188,6 +188,12 @@ def test_timeline_png(make_sched, tmp_path):
 # ---------------------------------------------------------------------------
 
 
+def _holds_still(read, seconds: float) -> bool:
+    before = read()
+    time.sleep(seconds)
+    return read() == before
+
+
 def test_stats_move_and_reset(make_sched):
     s = make_sched(2)
     st = s.stats()
@@ -200,6 +206,10 @@ def test_stats_move_and_reset(make_sched):
     s.run(ot.sleepy_children, 4, 0.01)
     assert _wait(lambda: s.stats()["totals"]["tasks"] >= n + 1)
     assert _wait(lambda: s.stats()["totals"]["parks"] > 0)  # idle workers park and say so
+    # Every worker has flushed the counts of that work (they flush when they
+    # go idle): the count holds still for half a second before the reset, or
+    # a late flush would land after it.
+    assert _wait(lambda: _holds_still(lambda: s.stats()["totals"]["tasks"], 0.5))
     first = s.stats(reset=True)
     t = first["totals"]
     assert t["tasks"] >= n + 1 and t["injected"] >= n + 1 and t["spawns"] >= 4
