@@ -185,24 +185,11 @@ class Killer(threading.Thread):
             if not procs:
                 continue
             p = self.rng.choice(procs)
-            pid = p.pid
-            try:
-                fd = os.pidfd_open(pid)
-            except (OSError, TypeError):
-                continue  # already gone
-            try:
-                # Opened before this check: if the supervisor still lists the
-                # same Process object, the pidfd names that worker, not a reuse.
-                if not any(q is p for q in self.sched._supervisor.procs):
-                    continue
-                t = time.monotonic()
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-                self.killed.append((t, pid))
-            except ProcessLookupError:
-                pass
-            finally:
-                os.close(fd)
-
+            # Still the same Process object after the pidfd is open: the
+            # pidfd names that worker, not a reuse of its pid.
+            t = sigkill_if(p.pid, lambda p=p: any(q is p for q in self.sched._supervisor.procs))
+            if t is not None:
+                self.killed.append((t, p.pid))
 
     def kill_launcher(self) -> None:
         """SIGKILL the worker launcher: its workers live on, none of their
@@ -211,20 +198,30 @@ class Killer(threading.Thread):
         pid = launcher_pid(self.sched)
         if pid is None:
             return
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return
-        try:
-            if launcher_pid(self.sched) != pid:  # restarted meanwhile: the pidfd may name another
-                return
-            t = time.monotonic()
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        # Restarted meanwhile: the pidfd may name another process.
+        t = sigkill_if(pid, lambda: launcher_pid(self.sched) == pid)
+        if t is not None:
             self.launchers_killed.append((t, pid))
-        except ProcessLookupError:
-            pass
-        finally:
-            os.close(fd)
+
+
+def sigkill_if(pid: int, still_ours):
+    """SIGKILL `pid` through a pidfd if `still_ours()` holds once the pidfd is
+    open (so the signal cannot reach a process that reused the pid); the
+    monotonic time of the kill, or None."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, TypeError):
+        return None  # already gone
+    try:
+        if not still_ours():
+            return None
+        t = time.monotonic()
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return t
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def dump_records(sched, lost_nodes: set, log_path: str) -> None:

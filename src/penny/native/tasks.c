@@ -136,6 +136,16 @@ take_record(Shared *s, PyObject *seq)
     return idx;
 }
 
+/* The ref of the record at `idx` in its current life: its generation (the
+ * state word's low half) and its index + 1.  Relaxed: for a record the
+ * caller owns (taken from the free list with acquire). */
+static inline uint64_t
+record_ref(const char *tbase, Py_ssize_t idx)
+{
+    uint64_t gen = atomic_load_explicit((a64 *)(tbase + idx * RECORD_SIZE + R_STATE), memory_order_relaxed) & GEN_MASK;
+    return (gen << 32) | (uint64_t)(idx + 1);
+}
+
 /* Fill the header of record `rec` (taken from the free list by this process)
  * and publish it as QUEUED.  The one place a record is made, for every path:
  * inject and enqueue (root tasks), spawn and enqueue_child (children).
@@ -469,16 +479,19 @@ S_finish(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
-/* The held words at `off` (HELD_SIZE bytes, 8-byte aligned); NULL with an
- * exception if they are not inside the region. */
+/* A worker's area of u64 words at `off` (`size` bytes, 8-byte aligned: the
+ * held words, the batch area); NULL with an exception if it is not inside
+ * the region. */
 static a64 *
-held_at(Shared *s, PyObject *off)
+area_at(Shared *s, PyObject *off, Py_ssize_t size)
 {
-    a64 *held = addr(s, off, 8);
-    if (held && !span(s, (char *)held - s->base, HELD_SIZE))
+    a64 *area = addr(s, off, 8);
+    if (area && !span(s, (char *)area - s->base, size))
         return NULL;
-    return held;
+    return area;
 }
+
+#define held_at(s, off) area_at((s), (off), HELD_SIZE)
 
 /* alloc_child(held_off) -> ref, or 0 when no record is free.  A worker's
  * record for a child whose arguments Python encodes (Worker.spawn_slow):
@@ -488,8 +501,8 @@ held_at(Shared *s, PyObject *off)
  * worker dead with `held` naming a record still FREE of that generation
  * (taken, never committed by enqueue_child, nor given back: both change the
  * state word) frees its blob and the record (supervisor.py; crash-model.md,
- * "spawn_slow"); any other state means the word is stale, so nobody clears
- * it.  Relaxed: we own the record (popped with acquire); only a supervisor
+ * "spawn_slow"); any other state means the word is stale (queue_child
+ * clears it once the child is pushed).  Relaxed: we own the record (popped with acquire); only a supervisor
  * reads `held`, after our death. */
 static PyObject *
 S_alloc_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
@@ -513,8 +526,7 @@ S_alloc_child(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *rec = tbase + idx * RECORD_SIZE;
     atomic_store_explicit((a64 *)(rec + R_BLOB), 0, memory_order_relaxed);
     atomic_store_explicit((a64 *)(rec + R_BLOB_LEN), 0, memory_order_relaxed);
-    uint64_t gen = atomic_load_explicit((a64 *)(rec + R_STATE), memory_order_relaxed) & GEN_MASK;
-    uint64_t ref = (gen << 32) | (uint64_t)(idx + 1);
+    uint64_t ref = record_ref(tbase, idx);
     atomic_store_explicit(&held[HELD_REF / 8], ref, memory_order_relaxed);
     return PyLong_FromUnsignedLongLong(ref);
 }
@@ -611,16 +623,15 @@ S_spawn(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (idx < 0)
         return PyLong_FromSsize_t(idx == TR_FULL ? 0 : -1);
     char *tbase = s->base + s->g.tasks;
-    /* Relaxed: we own the record (popped with acquire). */
-    uint64_t gen = atomic_load_explicit((a64 *)(tbase + idx * RECORD_SIZE + R_STATE), memory_order_relaxed) & GEN_MASK;
-    atomic_store_explicit(&held[HELD_REF / 8], (gen << 32) | (uint64_t)(idx + 1), memory_order_relaxed);
+    uint64_t taken = record_ref(tbase, idx);
+    atomic_store_explicit(&held[HELD_REF / 8], taken, memory_order_relaxed);
     uint64_t ref = queue_child(s, idx, (uint32_t)fid, 0, pidx, parent, dq, dmask, held);
     if (ref == QC_NO_ROOM) {
         /* Given back as free_task does, with the next generation, so the
          * held mark is stale at once (a supervisor frees only a record still
          * FREE of the marked generation, never one on the free list). */
         atomic_store_explicit((a64 *)(tbase + idx * RECORD_SIZE + R_STATE),
-                              ((uint64_t)S_FREE << 32) | ((gen + 1) & GEN_MASK), memory_order_relaxed);
+                              ((uint64_t)S_FREE << 32) | (((taken >> 32) + 1) & GEN_MASK), memory_order_relaxed);
         tagged_push((a64 *)(s->base + H_TASK_FREE), tbase, RECORD_SIZE, R_LINK, idx);
     }
     return PyLong_FromUnsignedLongLong(ref);
@@ -858,9 +869,7 @@ S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     uint64_t qmask, dmask;
     char *q = queue_at(s, args[0], &qmask);
     char *dq = q ? deque_at(s, args[2], &dmask) : NULL;
-    char *area = dq ? (char *)addr(s, args[4], 8) : NULL;  /* aligned ... */
-    if (area && !span(s, area - s->base, BATCH_AREA_SIZE))  /* ... and all inside */
-        return NULL;
+    char *area = dq ? (char *)area_at(s, args[4], BATCH_AREA_SIZE) : NULL;
     Py_ssize_t max = PyLong_AsSsize_t(args[1]);
     if (!q || !dq || !area || (max == -1 && PyErr_Occurred()))
         return NULL;
