@@ -337,6 +337,29 @@ def worker_pids(sched) -> list[int]:
     return [p.pid for p in sched._supervisor.procs if p is not None]
 
 
+#: A ring slot's seq word with this bit set is claimed: a push or pop that
+#: has not finished (native/mpmc_ring.h, MQ_CLAIM).
+RING_CLAIM = 1 << 63
+
+
+def claimed_slots(s, off: int) -> list[int]:
+    """The slots of the ring at `off` whose seq word holds a claim."""
+    from penny import _core
+
+    mask = s.load64(off + 128, _core.RELAXED)  # Q_MASK (layout.h)
+    return [i for i in range(mask + 1) if s.load64(off + _core.QUEUE_HEADER + 16 * i, _core.RELAXED) & RING_CLAIM]
+
+
+def claimed_ring_slots(sched) -> dict:
+    """{ring: claimed slots} over every ring of a scheduler: a quiet scheduler
+    has none (a claim left by a dead worker wedges its ring, at once or one
+    lap later)."""
+    s, lay = sched._s, sched._layout
+    rings = {"injector": lay.injector, "completions": lay.completions,
+             **{f"inbox{w}": lay.inbox(w) for w in range(lay.workers)}}
+    return {name: c for name, off in rings.items() if (c := claimed_slots(s, off))}
+
+
 def wait_for_file(path, timeout=30.0) -> str:
     """The contents of `path` once it exists and, if its writer writes
     something, once that is there (a task's open(..., "w") creates the file

@@ -183,6 +183,7 @@ def main(method: str, outdir: str) -> None:
         while _not_free(sched) and time.monotonic() < end:
             time.sleep(0.05)
         out["not_free"] = _not_free(sched)
+        out["claimed_slots"] = h.claimed_ring_slots(sched)
         # Every record can be taken from the free list again (a record taken
         # and never committed looks FREE but is off the list: leaked too).
         t = sched._tasks

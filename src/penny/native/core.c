@@ -28,10 +28,12 @@
  *                     (exported as _core.LAYOUT, checked by layout.py)
  *     chase_lev.h     the Chase-Lev work-stealing deque (Le, Pop, Cohen,
  *                     Zappa Nardelli, PPoPP 2013): cl_push, cl_pop, cl_steal
- *     mpmc_ring.h     the bounded MPMC ring of Vyukov: mq_push, mq_pop
+ *     mpmc_ring.h     the bounded MPMC ring after Vyukov's, whose claims name
+ *                     their taker (mq_push_as, mq_pop_begin/end, mq_repair)
  *     tagged_stack.h  the Treiber stack with a tagged head (ABA-safe), the
  *                     free list of task records and arena blocks
- *   CPython parts, in this order:
+ *   CPython parts, in this order (killpoint.c before mpmc_ring.h, whose
+ *   MQ_KILL_POINT hook it defines):
  *     killpoint.c     named kill points (KILL_POINT, arm_kill_point)
  *     shared.c        the Shared object, its argument helpers, its life
  *     ops.c           the generic operations as methods: atomics, fences,
@@ -59,10 +61,17 @@
 #include "futex.h"
 #include "layout.h"
 #include "chase_lev.h"
-#include "mpmc_ring.h"
 #include "tagged_stack.h"
 
 #include "killpoint.c"
+/* The ring's kill points (mpmc_ring.h): `kp` is a KP_* id or 0. */
+#define MQ_KILL_POINT(kp)                                            \
+    do {                                                             \
+        if (__builtin_expect((kp) != KP_NONE && kp_armed == (kp), 0)) \
+            kp_fire();                                               \
+    } while (0)
+#include "mpmc_ring.h"
+
 #include "shared.c"
 #include "ops.c"
 #include "codec.c"

@@ -30,7 +30,13 @@
     X(POP_CHILD_AFTER_TAKE, "pop_child.after_take") /* our child popped, in current */           \
     X(INJECT_AFTER_COMMIT, "inject.after_commit")   /* QUEUED stored, not pushed (main) */      \
     X(COLLECT_AFTER_POP, "collect.after_pop")       /* popped a completion (main) */            \
-    X(TOKEN_GIVE_AFTER_GIVE, "token_give.after_give") /* token traded for JOIN_GIVEN */
+    X(TOKEN_GIVE_AFTER_GIVE, "token_give.after_give") /* token traded for JOIN_GIVEN */ \
+    X(ROUTE_PUSH_CLAIMED, "route.push_claimed")     /* completion ring slot claimed, not published */ \
+    X(POST_PUSH_CLAIMED, "post.push_claimed")       /* inbox slot claimed for a parent's post, not published */ \
+    X(TAKE_BATCH_POP_CLAIMED, "take_batch.pop_claimed") /* global queue slot claimed, ref not recorded */ \
+    X(TAKE_BATCH_AFTER_RECORD, "take_batch.after_record") /* ref recorded in the batch area, slot not released */ \
+    X(INBOX_POP_CLAIMED, "inbox.pop_claimed")       /* queue_pop (a worker's inbox): claimed, not released */ \
+    X(QUEUE_PUSH_CLAIMED, "queue_push.claimed")     /* queue_push (a worker's spill, retire): claimed, not published */
 
 enum {
     KP_NONE = 0,

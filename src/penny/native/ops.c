@@ -346,7 +346,7 @@ S_deque_len(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLongLong(bt > t ? bt - t : 0);
 }
 
-/* ---- 4. Vyukov bounded MPMC ring (mq_push/mq_pop: mpmc_ring.h) ---------- */
+/* ---- 4. the bounded MPMC ring (mq_push_as/mq_pop_as/mq_repair: mpmc_ring.h) */
 
 static PyObject *
 S_queue_init(Shared *s, PyObject *const *args, Py_ssize_t nargs)
@@ -399,11 +399,66 @@ S_queue_push(Shared *s, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((int64_t)x <= 0)
         return PyErr_Format(PyExc_ValueError, "queue items must be positive 63-bit ints");
-    int r = mq_push_checked(b, mask, x);
+    int r = mq_push_as(b, mask, x, s->taker, push_note(s), KP_QUEUE_PUSH_CLAIMED);
     if (r == MQ_CORRUPT)
         return corrupt("penny: corrupt queue at offset %zd (its positions and slots disagree)",
                        (Py_ssize_t)(b - s->base));
     return PyBool_FromLong(r);
+}
+
+/* set_taker(worker, note_off): this process is worker `worker` in the rings'
+ * claims from now on, and notes each value it pushes in the u64 at
+ * `note_off` first (mpmc_ring.h; the supervisor reads both after a death:
+ * queue_repair).  Once, by a worker process, before its first ring step. */
+static PyObject *
+S_set_taker(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(2, "set_taker");
+    Py_ssize_t w = PyLong_AsSsize_t(args[0]);
+    if (w == -1 && PyErr_Occurred())
+        return NULL;
+    if (w < 0 || w >= (Py_ssize_t)MQ_TAKER_NONE)
+        return PyErr_Format(PyExc_ValueError, "set_taker: worker id %zd outside 0..%d", w, (int)MQ_TAKER_NONE - 1);
+    a64 *note = addr(s, args[1], 8);
+    if (!note)
+        return NULL;
+    s->taker = (uint32_t)w;
+    s->note_off = (char *)note - s->base;
+    Py_RETURN_NONE;
+}
+
+/* queue_repair(off, worker, fill) -> list: finish the ring steps the dead
+ * `worker` left half done (mq_repair): a slot it claimed to push is
+ * published with `fill` (0: a tombstone, skipped by pops), one it claimed
+ * to pop is released and its value returned.  Only for a worker known dead
+ * whose id no process uses yet. */
+static PyObject *
+S_queue_repair(Shared *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    NARGS(3, "queue_repair");
+    uint64_t mask, fill;
+    char *b = queue_at(s, args[0], &mask);
+    if (!b || as_u64(args[2], &fill) < 0)
+        return NULL;
+    Py_ssize_t w = PyLong_AsSsize_t(args[1]);
+    if (w == -1 && PyErr_Occurred())
+        return NULL;
+    if (w < 0 || w >= (Py_ssize_t)MQ_TAKER_NONE)
+        return PyErr_Format(PyExc_ValueError, "queue_repair: worker id %zd outside 0..%d", w, (int)MQ_TAKER_NONE - 1);
+    if ((int64_t)fill < 0)
+        return PyErr_Format(PyExc_ValueError, "queue_repair: fill must be a 63-bit int (0: a tombstone)");
+    /* A worker pops one slot at a time: more than a few claims of one
+     * taker means scribbled words; the first 64 are returned. */
+    uint64_t out[64];
+    int64_t n = mq_repair(b, mask, (uint32_t)w, fill, out, 64);
+    PyObject *list = PyList_New(0);
+    for (int64_t i = 0; list && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(out[i]);
+        if (!v || PyList_Append(list, v) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(v);
+    }
+    return list;
 }
 
 /* A value popped from a ring: MQ_CORRUPT or a non-positive item (pushes
@@ -426,7 +481,8 @@ S_queue_pop(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     char *b = queue_at(s, args[0], &mask);
     if (!b)
         return NULL;
-    int64_t x = mq_pop_checked(b, mask);
+    /* A worker pops only its inbox this way: the point is named for it. */
+    int64_t x = mq_pop_as(b, mask, s->taker, KP_INBOX_POP_CLAIMED);
     if (checked_item(s, b, x) < 0)
         return NULL;
     return PyLong_FromLongLong(x);
@@ -448,7 +504,7 @@ S_queue_pop_many(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     if (!out)
         return NULL;
     for (Py_ssize_t i = 0; i < max; i++) {
-        int64_t x = mq_pop_checked(b, mask);
+        int64_t x = mq_pop_as(b, mask, s->taker, KP_INBOX_POP_CLAIMED);
         if (x == R_EMPTY)
             break;
         if (checked_item(s, b, x) < 0) {

@@ -28,7 +28,20 @@ typedef struct {
     int inited;          /* __init__ ran once (it may not run again) */
     Py_ssize_t leases;   /* live Lease objects on this buffer (GIL-protected) */
     TaskGeometry g;
+    /* Who this process is in the rings' claims (mpmc_ring.h): a worker's id
+     * (set_taker), else MQ_TAKER_NONE (never repaired: the main process, or
+     * threads, which do not die alone); and the offset of the word where a
+     * worker notes each value before it pushes it (-1: none). */
+    uint32_t taker;
+    Py_ssize_t note_off;
 } Shared;
+
+/* The note word of this process's pushes, or NULL. */
+static inline a64 *
+push_note(Shared *s)
+{
+    return s->note_off >= 0 ? (a64 *)(s->base + s->note_off) : NULL;
+}
 
 /* Defined in module.c, with its method table; forkjoin.c and lease.c check
  * arguments against it. */
@@ -201,6 +214,8 @@ Shared_init(Shared *self, PyObject *args, PyObject *kw)
     self->base = self->view.buf;
     self->len = self->view.len;
     self->has_view = 1;
+    self->taker = MQ_TAKER_NONE;
+    self->note_off = -1;
     self->inited = 1;
     return 0;
 }

@@ -186,7 +186,7 @@ queue_root(Shared *s, Py_ssize_t idx, uint32_t fid, uint32_t flags, PyObject *fu
     }
     uint64_t ref = commit_record(rec, idx, fid, flags, 0);
     KILL_POINT(INJECT_AFTER_COMMIT);
-    if (!mq_push(s->base + g->injector, (uint64_t)(g->capacity - 1), ref)) {
+    if (mq_push_as(s->base + g->injector, (uint64_t)(g->capacity - 1), ref, s->taker, push_note(s), KP_NONE) != 1) {
         Py_DECREF(key);
         return PyErr_Format(PyExc_RuntimeError, "global queue full (broken invariant)");
     }
@@ -362,7 +362,7 @@ route(Shared *s, uint64_t ref, uint64_t parent)
     TaskGeometry *g = &s->g;
     uint64_t mask = (uint64_t)(g->capacity - 1);
     if (parent == 0) {
-        if (!mq_push(s->base + g->completions, mask, ref)) {
+        if (mq_push_as(s->base + g->completions, mask, ref, s->taker, push_note(s), KP_ROUTE_PUSH_CLAIMED) != 1) {
             PyErr_SetString(PyExc_RuntimeError, "completion queue full (broken invariant)");
             return -1;
         }
@@ -391,7 +391,8 @@ route(Shared *s, uint64_t ref, uint64_t parent)
             PyErr_Format(PyExc_RuntimeError, "corrupt owner %u", owner);
             return -1;
         }
-        if (!mq_push(s->base + g->inbox0 + owner * g->slice_size, mask, parent)) {
+        if (mq_push_as(s->base + g->inbox0 + owner * g->slice_size, mask, parent, s->taker, push_note(s),
+                       KP_POST_PUSH_CLAIMED) != 1) {
             PyErr_SetString(PyExc_RuntimeError, "inbox full (broken invariant)");
             return -1;
         }
@@ -859,9 +860,10 @@ S_free_task(Shared *s, PyObject *const *args, Py_ssize_t nargs)
  * pushed, newest first) and which only in the area: those it queues again
  * (supervisor.py; docs/crash-model.md, "take_batch").  Each ref is in exactly
  * one of those places, never two (a second copy would let two claimants
- * write one record).  What is left is inside mq_pop, between its CAS and our
- * store (the ring windows of the crash model).  Relaxed stores: only a
- * supervisor reads the area, after this process is dead. */
+ * write one record).  Each pop claims its slot (mpmc_ring.h) and releases it
+ * only after the ref is recorded: a ref claimed and not yet recorded is in
+ * the claimed slot, which names us (queue_repair hands it back).  Relaxed
+ * stores: only a supervisor reads the area, after this process is dead. */
 static PyObject *
 S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -887,12 +889,19 @@ S_take_batch(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     int64_t refs[TAKE_BATCH_MAX];
     Py_ssize_t n = 0;
     while (n < max) {
-        int64_t x = mq_pop(q, qmask);
-        if (x == R_EMPTY)
-            break;
+        uint64_t at;
+        int64_t x = mq_pop_begin(q, qmask, s->taker, KP_TAKE_BATCH_POP_CLAIMED, &at);
+        if (at == MQ_NONE)
+            break;  /* empty (or corrupt: as empty, the queue's own calls report it) */
+        /* The ref is in its claimed slot until mq_pop_end: recorded here
+         * first, so it is always in one of the two (the supervisor takes
+         * a claimed slot's ref only if the area does not have it). */
         atomic_store_explicit(&held[n], (uint64_t)x, memory_order_relaxed);
         refs[n++] = x;
         atomic_store_explicit(count, (uint64_t)n, memory_order_relaxed);
+        atomic_signal_fence(memory_order_seq_cst);  /* recorded before released (program order) */
+        KILL_POINT(TAKE_BATCH_AFTER_RECORD);
+        mq_pop_end(q, qmask, at);
     }
     if (n == 0)
         return Py_BuildValue("(Ln)", (long long)R_EMPTY, (Py_ssize_t)0);

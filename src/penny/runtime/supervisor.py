@@ -54,6 +54,7 @@ from ..shm.layout import (
     W_CURRENT,
     W_HELD,
     W_PID,
+    W_PUSH,
 )
 from ..shm.parking import AWAKE
 from . import launcher, worker
@@ -163,25 +164,54 @@ class Supervisor:
                 if self.sched._broken is not None:
                     return
 
-    def _requeue_batch(self, w: int, current: int) -> None:
+    def _repair_rings(self, w: int) -> list:
+        """Finish the ring steps worker `w` died in (native/mpmc_ring.h: a
+        slot claimed and not finished names its taker), before its id is
+        reused; returns the refs it had claimed from the global queue and
+        perhaps not yet recorded in its batch area (docs/crash-model.md,
+        "Rings")."""
+        s, lay = self.sched._s, self.sched._layout
+        note = s.load64(lay.slice(w) + W_PUSH, _core.RELAXED)
+        if not 0 < note < 1 << 63:
+            note = 0  # untrusted: a word no push could have noted; a tombstone then
+        # A push to the global queue: cancelled (a tombstone).  What a worker
+        # pushes there is also in a place the steps below queue again from
+        # (`current` when it retires, the held words when it spills a spawn).
+        taken = s.queue_repair(lay.injector, w, 0)
+        # A root's completion: published with the noted ref (a second
+        # completion, if `current` is routed again below, is dropped by
+        # collect: its generation is stale by then).
+        s.queue_repair(lay.completions, w, note)
+        # A parent's post to its owner's inbox: published with the noted
+        # parent, since it exists nowhere else.  In its own inbox, the posts
+        # it had claimed to pop are released (the inbox is drained below).
+        for v in range(lay.workers):
+            s.queue_repair(lay.inbox(v), w, note)
+        return taken
+
+    def _requeue_batch(self, w: int, current: int, claimed: list) -> None:
         """Queue again the refs a worker killed inside take_batch held only in
-        its batch area (native/tasks.c explains the area).  Exactly the refs
-        that are in no other place: never a second copy (two claimants of one
-        record would both write it)."""
+        its batch area or in a global-queue slot it had claimed (`claimed`,
+        from _repair_rings; native/tasks.c explains the area).  Exactly the
+        refs that are in no other place: never a second copy (two claimants
+        of one record would both write it)."""
         s, lay, tasks = self.sched._s, self.sched._layout, self.sched._tasks
         area = lay.slice(w) + W_BATCH
         n = s.load64(area + BATCH_COUNT, _core.RELAXED)
-        if not n:
-            return
-        s.store64(area + BATCH_COUNT, 0, _core.RELAXED)
-        pushed = s.load64(lay.deque(w) + _core.DEQUE_BOTTOM, _core.RELAXED) - s.load64(area + BATCH_BOTTOM, _core.RELAXED)
-        if not 1 <= n <= TAKE_BATCH_MAX or not 0 <= pushed < n:
-            raise CorruptRegionError(f"penny: worker {w}'s batch area is corrupt (count {n}, pushed {pushed})")
-        refs = [s.load64(area + BATCH_REFS + 8 * i, _core.RELAXED) for i in range(n)]
-        # refs[0] is in `current` once marked; refs[n - pushed:] are on the deque.
-        for i, ref in enumerate(refs[:n - pushed]):
-            if i == 0 and ref == current:
-                continue
+        orphans = []
+        if n:
+            s.store64(area + BATCH_COUNT, 0, _core.RELAXED)
+            pushed = (s.load64(lay.deque(w) + _core.DEQUE_BOTTOM, _core.RELAXED)
+                      - s.load64(area + BATCH_BOTTOM, _core.RELAXED))
+            if not 1 <= n <= TAKE_BATCH_MAX or not 0 <= pushed < n:
+                raise CorruptRegionError(f"penny: worker {w}'s batch area is corrupt (count {n}, pushed {pushed})")
+            refs = [s.load64(area + BATCH_REFS + 8 * i, _core.RELAXED) for i in range(n)]
+            # refs[0] is in `current` once marked; refs[n - pushed:] are on the
+            # deque (a slot is released only after its ref is recorded, so
+            # every claimed ref in the area is among the last, not pushed).
+            orphans = [ref for i, ref in enumerate(refs[:n - pushed]) if not (i == 0 and ref == current)]
+            claimed = [ref for ref in claimed if ref not in refs]
+        for ref in orphans + claimed:
             tasks.record(ref)  # bounds-checked: CorruptRegionError for a bad ref
             if tasks.status(ref) != -1:  # QUEUED, or cancelled while queued: as the queue had it
                 s.queue_push(lay.injector, ref)
@@ -215,6 +245,9 @@ class Supervisor:
             log.warning("penny: worker %d (pid %s) %s; recovering its tasks", w, proc.pid, how)
         sl = lay.slice(w)
         attached = s.load32(sl + W_PID, _core.ACQUIRE)
+        # 0. the ring steps it died in, finished before anything is queued
+        # again (and before its id is reused by the replacement, 3.).
+        claimed = self._repair_rings(w)
         # 1. the tasks it held: the one it was running (retried if it can be)
         # and every other task whose frame lived in it (inline ancestors,
         # suspended continuations): they fail, once their children are done.
@@ -236,7 +269,7 @@ class Supervisor:
         # area as popped; the first is in `current` once marked (queued again
         # just above), the last `bottom - b0` were pushed on its deque, newest
         # first (stolen onto the queue below); the rest are nowhere else.
-        self._requeue_batch(w, cur_was)
+        self._requeue_batch(w, cur_was, claimed)
         # ... and a spawn it died in: the child's record taken and perhaps
         # committed, counted, pushed; the held words say which.
         held = sl + W_HELD

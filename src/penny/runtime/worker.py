@@ -44,6 +44,7 @@ from ..shm.layout import (
     W_BATCH,
     W_CURRENT,
     W_HELD,
+    W_PUSH,
     W_ID,
     W_PID,
 )
@@ -202,6 +203,9 @@ class Worker:
     #: Whether Scheduler.interrupt reaches this worker's tasks (its signal
     #: handler needs the process's main thread: not on the threads backend).
     interruptible = True
+    #: Whether this worker is a process of its own, which can die alone and
+    #: whose half-done ring steps a supervisor then finishes (not a thread).
+    own_process = True
 
     def __init__(self, region, wid: int, static_functions: dict, start_method: str, seed: int | None):
         s = region.shared
@@ -236,6 +240,11 @@ class Worker:
         self.current = self.slice + W_CURRENT   # offset of our "current task" word
         self.batch = self.slice + W_BATCH       # take_batch's area (refs popped, not yet handed on)
         self.held = self.slice + W_HELD         # the held words of a spawn in progress (crash-model.md, "spawn")
+        if self.own_process:
+            # Our id in the rings' claims, and where each push's value is
+            # noted first: what the supervisor needs to finish a ring step
+            # we die in (crash-model.md, "Rings").  Before our first ring step.
+            s.set_taker(wid, self.slice + W_PUSH)
         self.inbox = lay.inbox(wid)
         self.by_id = self.functions._by_id
         self.fork = self.fork_class(self)

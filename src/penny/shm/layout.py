@@ -11,7 +11,7 @@ The region is one memfd mapping shared by the main process and its workers::
     |                 mask | ring[DEQUE_CAPACITY])                 |
     | worker 1 slice ...                                           |
     +--------------------------------------------------------------+  injector
-    | global injection queue: Vyukov MPMC ring[TASK_CAPACITY]      |
+    | global injection queue: MPMC ring[TASK_CAPACITY]             |
     +--------------------------------------------------------------+  completions
     | completion queue (workers -> main): MPMC ring[TASK_CAPACITY] |
     +--------------------------------------------------------------+  tasks
@@ -43,7 +43,7 @@ from functools import cached_property
 from .. import _core
 
 MAGIC = 0x59_4E_4E_45_50_0A_0D_01  # b"\x01\r\n\nPENNY" little-endian-ish; fixed
-VERSION = 5
+VERSION = 6
 LINE = 64
 
 # ---- header fields (byte offsets from 0) ----
@@ -98,6 +98,7 @@ HELD_PARENT = 8        # u64 its parent
 HELD_SPAWNED = 16      # u64 the parent's spawned count before this child
 HELD_BOTTOM = 24       # u64 our deque's bottom before the child's push
 HELD_SIZE = 32
+W_PUSH = W_HELD + HELD_SIZE  # u64 the value this worker is pushing on a ring, noted before its claim (mpmc_ring.h)
 W_STATS = LINE         # u64 counters, one cache line written by the owner only
 STAT_NAMES = (
     "tasks",           # tasks run to completion (or failure)

@@ -114,6 +114,7 @@ class ThreadWorker(Worker):
 
     fork_class = ThreadForkJoin
     interruptible = False  # the interrupt's signal handler needs the main thread (docs/interrupt.md)
+    own_process = False    # threads share one Shared and never die alone: no ring claims to repair
 
     def __init__(self, sched, wid: int, seed):
         self.table = sched._table
