@@ -41,7 +41,8 @@ Checks (any violation: exit status 1):
   ``runs(child) <= (1 + retries) * runs(parent)`` (a retried parent spawns its
   children again, so their effects repeat with it);
 * every node of a successful tree that no kill touched ran exactly once;
-* once every future resolved, every task record is FREE again (none leaked);
+* once every future resolved, every task record is FREE again (none leaked)
+  and no ring slot is left claimed (none wedged);
 * after shutdown no worker process (any pid ever seen, replacements
   included) and no shared-memory descriptor or /dev/shm entry is left.
 
@@ -259,6 +260,8 @@ REPAIRED_POINTS = (
     "run_task.after_claim", "run_task.after_run", "spawn_slow.after_alloc", "spawn_slow.after_encode",
     "finish_slow.after_consumed", "finish_slow.after_result", "park.announce", "park.after_wait",
     "suspend.after_give", "resume.after_take", "arena.after_lock", "arena.in_link",
+    "route.push_claimed", "post.push_claimed", "queue_push.claimed",
+    "take_batch.pop_claimed", "take_batch.after_record", "inbox.pop_claimed",
 )
 
 
@@ -288,6 +291,25 @@ def not_free_records(sched) -> list:
 
     t = sched._tasks
     return [ref for ref, st in (t.ref_at(i) for i in range(t.capacity)) if st != L.S_FREE]
+
+
+def claimed_ring_slots(sched) -> dict:
+    """{ring: count} of slots still claimed (native/mpmc_ring.h: bit 63 of a
+    slot's seq) once everything resolved: a claim a dead worker left and the
+    supervisor did not finish wedges its ring."""
+    from penny import _core
+
+    s, lay = sched._s, sched._layout
+    rings = {"injector": lay.injector, "completions": lay.completions,
+             **{f"inbox{w}": lay.inbox(w) for w in range(lay.workers)}}
+    out = {}
+    for name, off in rings.items():
+        mask = s.load64(off + 128, _core.RELAXED)  # Q_MASK (layout.h)
+        n = sum(1 for i in range(mask + 1)
+                if s.load64(off + _core.QUEUE_HEADER + 16 * i, _core.RELAXED) >> 63)
+        if n:
+            out[name] = n
+    return out
 
 
 def read_log(path: str):
@@ -436,7 +458,7 @@ def main(argv=None) -> int:
         if killer.is_alive():
             killer.join()
         killer.observe()
-        leaked = []
+        leaked, claimed = [], {}
         if any(not f.done() for f, _, _ in futures.values()):
             # A future that never resolves would make shutdown(wait=True) wait forever.
             sched._abort()
@@ -444,6 +466,7 @@ def main(argv=None) -> int:
             end = time.monotonic() + 15  # the collector frees the last records
             while (leaked := not_free_records(sched)) and time.monotonic() < end:
                 time.sleep(0.05)
+            claimed = claimed_ring_slots(sched)
             sched.shutdown(wait=True)
     elapsed = time.monotonic() - t_start
 
@@ -457,6 +480,8 @@ def main(argv=None) -> int:
     if crashes > len(all_kills):
         violations.append(f"the supervisor recovered {crashes} workers, but only {len(all_kills)} were killed "
                           f"(a launcher death taken for its workers'?)")
+    if claimed:
+        violations.append(f"ring slots left claimed once every future resolved: {claimed}")
     if leaked:
         violations.append(f"{len(leaked)} task records not FREE once every future resolved "
                           f"(first: {[hex(r) for r in leaked[:5]]})")
@@ -561,6 +586,7 @@ def main(argv=None) -> int:
         "killed_at_points": len(point_kills),
         "points_hit": dict(collections.Counter(name for _, _, name in point_kills)),
         "leaked_records": len(leaked),
+        "claimed_ring_slots": sum(claimed.values()),
         "worker_pids_seen": len(killer.seen),
         "top_level": len(futures),
         "succeeded": counts["succeeded"],

@@ -6,8 +6,11 @@
  *   1. the Chase-Lev deque of chase_lev.h (cl_push / cl_pop by one owner
  *      thread, cl_steal by several thieves), with the owner spilling to a
  *      Vyukov ring when its deque is full, as the worker loop does;
- *   2. the Vyukov bounded MPMC ring of mpmc_ring.h (mq_push / mq_pop),
- *      several producers and consumers;
+ *   2. the bounded MPMC ring of mpmc_ring.h (mq_push / mq_pop), several
+ *      producers and consumers; and (2b) the same with one producer and one
+ *      consumer that die in the middle of a step (pthread_exit at the ring's
+ *      kill points, with the slot claimed), repaired by mq_repair while the
+ *      others go on, as a supervisor repairs a dead worker;
  *   3. the tagged Treiber stack of tagged_stack.h (tagged_pop / tagged_push),
  *      the free list of task records and arena blocks: threads pop a node,
  *      write its data, push it back.
@@ -88,6 +91,17 @@ tsan_fence(memory_order mo)
         }                                                                                \
     })
 #endif /* PENNY_TSAN */
+
+/* The ring's kill points (mpmc_ring.h): a thread "dies" there, mid-step,
+ * when it has set die_at to that point (section 2b). */
+#define KP_PUSH_CLAIMED 1
+#define KP_POP_CLAIMED 2
+static _Thread_local int die_at;
+#define MQ_KILL_POINT(kp)                        \
+    do {                                         \
+        if ((kp) != 0 && die_at == (kp))         \
+            pthread_exit(NULL);                  \
+    } while (0)
 
 /* The code under test (pure C; atomics.h and layout.h come with them). */
 #include "../../src/penny/native/chase_lev.h"
@@ -390,6 +404,122 @@ queue_round(uint64_t cap, uint64_t n, int producers, int consumers)
     free(t.q);
 }
 
+/* ---- 2b. the ring with a producer and a consumer that die mid-step -------- */
+#define DEAD_PRODUCER 1  /* the takers of the two that die */
+#define DEAD_CONSUMER 2
+static int deaths;  /* dying threads that did die mid-step, over the rounds */
+typedef struct {
+    QueueTest q;
+    a64 note;              /* the dying producer's note (W_PUSH in a worker slice) */
+    uint64_t die_after;    /* steps each dying thread finishes before it dies */
+} RepairTest;
+
+static void *
+dying_producer_main(void *arg)
+{
+    RepairTest *t = arg;
+    for (uint64_t i = 0;; i++) {
+        uint64_t x = atomic_fetch_add(&t->q.next, 1);
+        if (x > t->q.n)
+            return (void *)1;  /* the round ended first: nothing left to die with */
+        produce(x);
+        if (i == t->die_after)
+            die_at = KP_PUSH_CLAIMED;  /* this push claims its slot and dies */
+        while (mq_push_as(t->q.q, t->q.mask, x, DEAD_PRODUCER, &t->note, KP_PUSH_CLAIMED) != 1)
+            sched_yield();
+    }
+}
+
+static void *
+dying_consumer_main(void *arg)
+{
+    RepairTest *t = arg;
+    for (uint64_t i = 0; atomic_load(&t->q.consumed) < t->q.n;) {
+        if (i == t->die_after)
+            die_at = KP_POP_CLAIMED;  /* the next pop claims its item and dies */
+        int64_t x = mq_pop_as(t->q.q, t->q.mask, DEAD_CONSUMER, KP_POP_CLAIMED);
+        if (x > 0) {
+            consume((uint64_t)x, t->q.n, "ring consumer (to die)");
+            atomic_fetch_add(&t->q.consumed, 1);
+            i++;
+        } else {
+            sched_yield();
+        }
+    }
+    return (void *)1;  /* the round ended first */
+}
+
+/* One round: live producers and consumers, one producer and one consumer
+ * that die with a slot claimed; once each is gone (joined: dead), the main
+ * thread repairs its claims while the others go on: the dead producer's
+ * slot is published with its noted item, the dead consumer's released and
+ * its item taken by us.  Every item must still be taken exactly once, and
+ * the ring must go on (the live threads pass the dead slots' next laps). */
+static void
+repair_round(uint64_t cap, uint64_t n, int producers, int consumers, uint64_t die_after)
+{
+    RepairTest t;
+    memset(&t, 0, sizeof t);
+    t.q.q = new_queue(cap);
+    t.q.mask = cap - 1;
+    t.q.n = n;
+    t.die_after = die_after;
+    atomic_store(&t.q.next, 1);
+    reset_items(n);
+    pthread_t th[32], dp, dc;
+    int k = 0;
+    for (int i = 0; i < consumers; i++)
+        pthread_create(&th[k++], NULL, consumer_main, &t.q);
+    for (int i = 0; i < producers; i++)
+        pthread_create(&th[k++], NULL, producer_main, &t.q);
+    pthread_create(&dc, NULL, dying_consumer_main, &t);
+    pthread_create(&dp, NULL, dying_producer_main, &t);
+    /* Each is repaired as soon as it is gone (joined), as the supervisor
+     * does for each death: either may block the other until then (a dead
+     * consumer's slot makes the ring full one lap later, a dead producer's
+     * holds back every item behind it). */
+    int producer_gone = 0, consumer_gone = 0;
+    int64_t m = 0;
+    uint64_t held[4];
+    while (!producer_gone || !consumer_gone) {
+        void *ret;
+        if (!producer_gone && pthread_tryjoin_np(dp, &ret) == 0) {
+            producer_gone = 1;
+            deaths += ret == NULL;  /* pthread_exit at the kill point */
+            mq_repair(t.q.q, t.q.mask, DEAD_PRODUCER, atomic_load_explicit(&t.note, memory_order_relaxed), NULL, 0);
+        }
+        if (!consumer_gone && pthread_tryjoin_np(dc, &ret) == 0) {
+            consumer_gone = 1;
+            deaths += ret == NULL;
+            m = mq_repair(t.q.q, t.q.mask, DEAD_CONSUMER, 0, held, 4);
+            CHECK(m <= 1, "ring repair: the dead consumer held %lld items", (long long)m);
+            for (int64_t i = 0; i < m; i++) {
+                consume(held[i], n, "ring repair");
+                atomic_fetch_add(&t.q.consumed, 1);
+            }
+        }
+        sched_yield();
+    }
+    for (int i = 0; i < k; i++)
+        pthread_join(th[i], NULL);
+    char what[96];
+    snprintf(what, sizeof what, "ring cap %llu, %dP/%dC + 2 dying", (unsigned long long)cap, producers, consumers);
+    check_once(n, what);
+    CHECK(mq_pop(t.q.q, t.q.mask) == R_EMPTY, "%s: ring not empty at the end", what);
+    free(t.q.q);
+}
+
+static void
+repair_rounds(uint64_t cap, uint64_t n, int rounds)
+{
+    deaths = 0;
+    for (int r = 0; r < rounds && !failures; r++)
+        repair_round(cap, n, 2, 2, (uint64_t)r % 7);
+    CHECK(deaths > rounds, "ring repair: only %d of %d threads died mid-step", deaths, 2 * rounds);
+    printf("deque_tsan: ring cap %-4llu 2P/2C + 2 dying %5d rounds, %d deaths mid-step: every item taken once\n",
+           (unsigned long long)cap, rounds, deaths);
+}
+
 /* ---- 3. tagged Treiber stack ------------------------------------------------ */
 #define NODE_STRIDE 64
 #define NODE_LINK 16   /* as R_LINK in a task record */
@@ -537,6 +667,8 @@ main(int argc, char **argv)
     deque_round(1024, 100000 * scale, 2);
     queue_round(4, 20000 * scale, 2, 2);   /* tiny ring: constant full / empty */
     queue_round(256, 100000 * scale, 3, 3);
+    repair_rounds(4, 2000, 100 * (int)scale);  /* tiny ring: the live pass the dead slots' next laps */
+    repair_rounds(64, 5000, 50 * (int)scale);
     stack_round(2, 20000 * scale, 4);      /* fewer nodes than threads: ABA pressure, empty pops */
     stack_round(256, 20000 * scale, 3);
     free(payload);
