@@ -642,11 +642,13 @@ class Scheduler(Frontend):
             return
         try:
             s = getattr(self, "_s", None)
+            sup = getattr(self, "_supervisor", None)
+            if sup is not None:
+                sup.begin_stop()  # the exits below are not crashes
             if s is not None:
                 # Release: workers that see the flag see everything before it.
                 s.store32(H_SHUTDOWN, 1, _core.RELEASE)
                 parking.wake_all(s, [self._layout.state(w) for w in range(self._layout.workers)])
-            sup = getattr(self, "_supervisor", None)
             if sup is not None:
                 sup.stop(timeout=1.0 if force else config.JOIN_TIMEOUT)
             if getattr(self, "_collector", None) is not None and self._collector.is_alive():

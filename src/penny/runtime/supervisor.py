@@ -380,10 +380,16 @@ class Supervisor:
                     pass
 
     # ---- stopping -----------------------------------------------------------------
-    def stop(self, timeout: float) -> None:
-        """Join every worker (they were told to exit), terminating stragglers."""
+    def begin_stop(self) -> None:
+        """From now on a worker's exit is the shutdown's, not a crash: called
+        before the workers are told to exit, so that one that exits at once is
+        never "recovered" (nor replaced) while `stop` is still to come."""
         with self._lock:
             self._stopping = True
+
+    def stop(self, timeout: float) -> None:
+        """Join every worker (they were told to exit), terminating stragglers."""
+        self.begin_stop()
         os.write(self._wake_w, b"x")
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
