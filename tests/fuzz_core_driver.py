@@ -166,6 +166,12 @@ CALLS = {
     "queue_pop": lambda s, d: s.queue_pop(_queue(d)),
     "queue_pop_many": lambda s, d: s.queue_pop_many(_queue(d), d.draw(ints)),
     "queue_len": lambda s, d: s.queue_len(_queue(d)),
+    # A worker id the region's claims may name (0..3), or any int; a fill
+    # that is a ref, a tombstone or anything.
+    "queue_repair": lambda s, d: s.queue_repair(_queue(d), d.draw(st.one_of(st.integers(0, 3), ints)),
+                                                d.draw(st.one_of(st.sampled_from(_refs() + [0]), ints))),
+    "set_taker": lambda s, d: s.set_taker(d.draw(st.one_of(st.integers(0, 3), ints)),
+                                          d.draw(st.one_of(st.just(LAY.slice(0) + L.W_PUSH), offsets))),
     "stack_push": lambda s, d: s.stack_push(d.draw(offsets), d.draw(offsets), d.draw(ints), d.draw(ints),
                                             d.draw(ints), d.draw(ints)),
     "stack_pop": lambda s, d: s.stack_pop(d.draw(st.one_of(st.just(TASK_FREE), offsets)),
