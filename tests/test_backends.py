@@ -364,6 +364,28 @@ def test_killed_worker_under_a_parent(make, backend):
     assert s.submit(bt.add, 2, 2).result(timeout=120) == 4
 
 
+def test_shutdown_from_a_done_callback_while_a_task_is_pending(backend):
+    """shutdown(wait=True) called from a done-callback cannot wait there (the
+    thread running callbacks may be the one that would complete the pending
+    futures): it finishes in the background, the pending task still completes
+    and nothing hangs (seen hanging on Ray: Ray's callback thread waited for
+    the future only it could resolve)."""
+    s = penny.Scheduler(2, backend=backend)
+    slow = s.submit(bt.nap, 1.0)
+    fast = s.submit(bt.add, 1, 2)
+    called = threading.Event()
+
+    def stop(_fut):
+        s.shutdown(wait=True)
+        called.set()
+
+    fast.add_done_callback(stop)  # before the result: resolved in the background
+    assert called.wait(60), "shutdown(wait=True) in a done-callback never returned"
+    assert slow.result(timeout=60) == 1.0
+    assert fast.result(timeout=60) == 3
+    _shutdown_or_fail(s)
+
+
 def test_use_after_shutdown(backend):
     s = penny.Scheduler(2, functions={1: bt.add}, backend=backend)
     assert s.new_task(1, [1, 2]).result(timeout=120) == 3

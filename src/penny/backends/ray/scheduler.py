@@ -32,6 +32,11 @@ _LOCAL_ONLY = ("deque_capacity", "task_capacity", "arena_size", "arena_max", "fu
                "trace", "trace_buffer")
 
 
+
+#: Per thread: how deep it is inside `_settle`'s set_result/set_exception,
+#: i.e. inside done-callbacks (shutdown must not wait there).
+_settling = threading.local()
+
 class RayScheduler(Frontend):
     """``penny.Scheduler(workers=None, functions=None, backend="ray", *,
     address=None, retries=1, task_options=None, **ray_init_kwargs)``.
@@ -162,6 +167,7 @@ class RayScheduler(Frontend):
         fut._ref = None  # the value is read: let the object store free it
         if cancelled:
             return
+        _settling.depth = getattr(_settling, "depth", 0) + 1  # done-callbacks run inside
         try:
             if error is None:
                 fut.set_result(value)
@@ -169,6 +175,8 @@ class RayScheduler(Frontend):
                 fut.set_exception(error)
         except cf.InvalidStateError:
             pass  # cancelled by the caller meanwhile
+        finally:
+            _settling.depth -= 1
 
     def _reap(self) -> None:
         """Settle the futures whose tasks have finished (nobody asked yet)."""
@@ -245,7 +253,15 @@ class RayScheduler(Frontend):
     # ---- shutting down --------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; with `wait`, let pending ones finish first.
-        Stops Ray too if this scheduler started it."""
+        Stops Ray too if this scheduler started it.
+
+        Called from a future's done-callback (which runs on the thread that
+        settles futures: Ray's callback thread, or one in ``result()``),
+        `wait` cannot wait, since that thread may be the one to settle the
+        pending futures: the shutdown then finishes in the background, as
+        with ``wait=False`` (the local backend does the same)."""
+        if wait and getattr(_settling, "depth", 0):
+            wait = False
         with self._lock:
             first = not self._closed
             self._closed = True
