@@ -17,12 +17,16 @@ for ``return_as="generator"`` the scheduler's collector thread does.  After
 an error the batches not started yet are cancelled.
 
 Inside a Penny task (a batch that calls ``Parallel`` again) the backend is
-Penny again (`get_nested_backend`): each batch is ``penny.spawn``-ed as a
-child of the running task and joblib's retrieval syncs them in order
-(`retrieval_context`), so the waiting task suspends on its fiber while its
-worker steals other work; no thread, no process, no new scheduler is
-started there.  There ``Parallel``'s `timeout` is not applied (the batches
-are synced in order).
+Penny again (`get_nested_backend`), Cilk style: each batch is
+``penny.spawn``-ed as a child of the running task except the last one
+submitted before retrieval, which the task runs itself; then joblib's
+retrieval (`retrieval_context`) syncs the children in order and calls each
+one's callback, until one fails.  A child nobody stole is run there by the
+sync; one that was stolen makes the task suspend on its fiber while its
+worker steals other work; no thread, no process, no new scheduler is started
+there.  After an error the spawned children are still synced (their results
+dropped), the held-back batch and those not submitted yet never run.  There
+``Parallel``'s `timeout` is not applied (the batches are synced in order).
 
 ``import penny.joblib`` does not import joblib: `register()` (or the first use
 of `PennyBackend`) does.
@@ -37,12 +41,16 @@ import queue
 import threading
 import weakref
 
-from . import _context
+from . import _context, spawn, sync
 
 __all__ = ["PennyBackend", "register"]  # noqa: F822 - PennyBackend comes from __getattr__ (joblib on first use)
 
 _CLASS = None
 _CLASS_LOCK = threading.Lock()
+# Set with the class (joblib is imported then): what the per-batch paths use.
+_parallel_config = None
+_BatchedCalls = None
+_CARRIERS: dict = {}  # nesting level -> the backend get_nested_backend names in a task's batches
 
 
 def register(name: str = "penny", make_default: bool = False):
@@ -68,27 +76,39 @@ def _in_task() -> bool:
 
 def _nested(nesting_level):
     """How a pickled backend comes back in a worker (see PennyBackend.__reduce__)."""
-    return _backend_class()(nesting_level=nesting_level)
+    cls = _CLASS if _CLASS is not None else _backend_class()
+    return cls(nesting_level=nesting_level)
 
 
 class _Child:
-    """The future-like object of a batch spawned inside a task."""
+    """The future-like object of a batch inside a task: spawned (`handle`), or
+    still held back to run in the parent itself (`call`, see PennyBackend.submit)."""
 
-    __slots__ = ("done", "error", "handle", "value")
+    __slots__ = ("call", "done", "error", "handle", "value")
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, call):
+        self.call = call
+        self.handle = None
         self.done = False
         self.value = None
         self.error = None
 
+    def spawn(self) -> None:
+        fn, args = self.call
+        self.call = None
+        self.handle = spawn(fn, *args)
+
     def wait(self) -> None:
+        """Sync the spawned child, or run the held-back one here."""
         if self.done:
             return
-        from . import sync
-
         try:
-            self.value = sync(self.handle)
+            if self.handle is not None:
+                self.value = sync(self.handle)
+            else:
+                fn, args = self.call
+                self.call = None
+                self.value = fn(*args)
         except Exception as e:  # noqa: BLE001 - handed to joblib by result(); KeyboardInterrupt,
             self.error = e          # SystemExit and a fiber's GreenletExit go straight through
         self.done = True
@@ -103,25 +123,22 @@ class _Child:
     get = result
 
 
-def _batched_calls():
-    from joblib.parallel import BatchedCalls
-
-    return BatchedCalls
-
-
 def _run_batch(items, n_jobs, nesting_level):
-    """A joblib batch in a worker, as BatchedCalls.__call__ runs it: under the
+    """A joblib batch inside a task, as BatchedCalls.__call__ runs it: under the
     nested backend (Penny again, one level deeper)."""
-    from joblib import parallel_config
-
-    with parallel_config(backend=_nested(nesting_level), n_jobs=n_jobs):
+    backend = _nested(nesting_level)  # first: in a fresh worker it imports joblib
+    with _parallel_config(backend=backend, n_jobs=n_jobs):
         return [func(*args, **kwargs) for func, args, kwargs in items]
 
 
 def _backend_class():
-    global _CLASS
+    global _CLASS, _parallel_config, _BatchedCalls
     with _CLASS_LOCK:
         if _CLASS is None:
+            from joblib import parallel_config
+            from joblib.parallel import BatchedCalls
+
+            _parallel_config, _BatchedCalls = parallel_config, BatchedCalls
             _CLASS = _make_class()
         return _CLASS
 
@@ -151,7 +168,9 @@ def _make_class():
             self._futures = set()       # outside tasks: futures not done yet
             self._waiting = {}          # outside tasks, list results: future -> joblib's callback
             self._done = queue.SimpleQueue()  # those futures, as they finish
-            self._children = collections.deque()  # inside a task: (child, callback) not synced yet
+            self._children = collections.deque()  # inside a task: (child, callback) spawned, not synced
+            self._held = None           # inside a task: (child, callback) held back (see submit)
+            self._retrieving = False    # inside a task: in retrieval_context
             self._lock = threading.Lock()
             self._parallel_ref = None
 
@@ -213,22 +232,21 @@ def _make_class():
 
         def get_nested_backend(self):
             level = (self.nesting_level or 0) + 1
+            if _in_task():
+                # joblib puts it in each BatchedCalls; in a task submit only reads its
+                # level (a batch runs under a backend of its own: _run_batch), so one
+                # object per level serves every batch of this process.
+                carrier = _CARRIERS.get(level)
+                if carrier is None:
+                    carrier = _CARRIERS[level] = type(self)(nesting_level=level)
+                return carrier, None
+            # Outside tasks the BatchedCalls travels to a worker, and its backend with it.
             return type(self)(nesting_level=level), None
 
         # ---- submitting and retrieving -------------------------------------------
         def submit(self, func, callback=None):
             if _in_task():
-                from . import spawn
-
-                if type(func) is _batched_calls():
-                    # The items travel as arguments of a function named by module
-                    # (cheaper than a cloudpickle of the BatchedCalls object).
-                    child = _Child(spawn(_run_batch, func.items, func._n_jobs,
-                                         getattr(func._backend, "nesting_level", None)))
-                else:
-                    child = _Child(spawn(func))
-                self._children.append((child, callback))
-                return child
+                return self._submit_child(func, callback)
             fut = self._scheduler(2).submit(func)
             with self._lock:
                 self._futures.add(fut)
@@ -247,6 +265,28 @@ def _make_class():
                 fut.add_done_callback(callback)
             return fut
 
+        def _submit_child(self, func, callback):
+            if type(func) is _BatchedCalls:
+                # The items travel as arguments of a function named by module
+                # (cheaper than a cloudpickle of the BatchedCalls object).
+                call = (_run_batch, (func.items, func._n_jobs, getattr(func._backend, "nesting_level", None)))
+            else:
+                call = (func, ())
+            child = _Child(call)
+            if self._retrieving:
+                # Submitted by a callback (the next batch of a long iterable): spawned
+                # at once, where an idle worker can take it.
+                child.spawn()
+                self._children.append((child, callback))
+                return child
+            # Cilk style: the batch submitted last is held back, the parent runs it
+            # itself at retrieval; the one held before it is spawned now.
+            held, self._held = self._held, (child, callback)
+            if held is not None:
+                held[0].spawn()
+                self._children.append(held)
+            return child
+
         def _forget(self, fut):
             with self._lock:
                 self._futures.discard(fut)
@@ -256,15 +296,40 @@ def _make_class():
 
         @contextlib.contextmanager
         def retrieval_context(self):
-            # Inside a task nothing calls joblib's callbacks: sync the children in
-            # order here and call each one's (it may submit the next batches).
-            # Outside tasks, for a list result, wait here for each future to finish
-            # and call its callback, until one fails (joblib then aborts the rest).
-            if _in_task():
-                self._drain(callbacks=True)
-            else:
+            if not _in_task():
                 self._drain_futures()
-            yield
+                yield
+                return
+            self._retrieving = True
+            try:
+                self._run_children()
+                yield
+            finally:
+                self._retrieving = False
+
+        def _run_children(self):
+            # Inside a task nothing calls joblib's callbacks: the parent runs the
+            # batch held back first (its own share, as in Cilk), then syncs the
+            # spawned ones in order, and calls each one's callback (which may
+            # submit the next batches), until one fails (joblib then aborts the
+            # rest; batches not submitted yet never run).  joblib's callbacks may
+            # come in any order: each records its own batch's outcome and joblib
+            # keeps the results in the items' order.
+            children = self._children
+            while True:
+                held = self._held
+                if held is not None:
+                    self._held = None
+                    child, callback = held
+                elif children:
+                    child, callback = children.popleft()
+                else:
+                    return
+                child.wait()
+                if callback is not None:
+                    callback(child)
+                if child.error is not None:
+                    return
 
         def _drain_futures(self):
             while self._waiting:
@@ -276,17 +341,18 @@ def _make_class():
                 if fut.cancelled() or fut.exception() is not None:
                     break
 
-        def _drain(self, callbacks):
-            while self._children:
-                child, callback = self._children.popleft()
-                child.wait()
-                if callbacks and callback is not None:
-                    callback(child)
+        def _sync_children(self):
+            # A batch held back never ran: it is dropped (cancelled).  Spawned
+            # children are synced, their results dropped, so none is left behind.
+            self._held = None
+            self._retrieving = False
+            children = self._children
+            while children:
+                children.pop()[0].wait()
 
         def abort_everything(self, ensure_ready=True):
-            # Queued futures are cancelled; a task's children already spawned are
-            # synced (their results dropped) so none is left behind.
-            self._drain(callbacks=False)
+            # Queued futures are cancelled; a task's children are synced (above).
+            self._sync_children()
             self._waiting.clear()
             with self._lock:
                 pending = list(self._futures)
@@ -294,7 +360,7 @@ def _make_class():
                 fut.cancel()
 
         def terminate(self):
-            self._drain(callbacks=False)
+            self._sync_children()
             self._waiting.clear()
             self._sched = None
 
