@@ -16,7 +16,16 @@ same program runs under each backend (``joblib.parallel_config(backend=...)``):
 * loky: joblib's default process backend, ``n_jobs=workers`` (nested calls
   fall back to threads, then serial);
 * dask: ``distributed.Client(n_workers=workers, threads_per_worker=1,
-  processes=True)`` (nested calls secede).
+  processes=True)`` (nested calls secede);
+* joblib alone: the least any backend can do, a minimal backend (joblib's own
+  base classes, each batch run at once in the calling thread, no process, no
+  task): what joblib's ``Parallel`` itself costs around the work.
+  ``T_serial / T_joblib alone`` bounds the efficiency of *any* backend on this
+  program, even one with free parallelism.
+
+Then the cost of one small nested call, ``Parallel(n_jobs=2)`` on two items,
+is measured in a loop: inside a task on one Penny worker, and in the main
+process under the minimal backend; the difference is Penny's share.
 
 Each result is checked against the serial one; the time is the best of R runs
 after a warm-up.  efficiency = T_serial / (workers x T).  Target: penny >= 0.80
@@ -26,6 +35,8 @@ on 2 workers for fib(27), cut 17.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import os
 import sys
@@ -50,6 +61,79 @@ def pfib(n, cut):
         return fib(n)
     a, b = Parallel(n_jobs=2)(delayed(pfib)(m, cut) for m in (n - 1, n - 2))
     return a + b
+
+
+def _inline_backend():
+    """A joblib backend that does nothing but run each batch at once in the calling
+    thread (built on joblib's own base classes, as PennyBackend is)."""
+    from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+
+    class Later:
+        __slots__ = ("error", "func", "value")
+
+        def __init__(self, func):
+            self.func, self.value, self.error = func, None, None
+
+        def run(self):
+            try:
+                self.value = self.func()
+            except Exception as e:  # noqa: BLE001 - handed back by result()
+                self.error = e
+
+        def result(self, timeout=None):
+            if self.error is not None:
+                raise self.error
+            return self.value
+
+    class InlineBackend(AutoBatchingMixin, ParallelBackendBase):
+        # Batches run in joblib's retrieval, in order, as Penny's run inside a task
+        # (running them inside submit would nest every call in the one before it,
+        # a deeper Python stack than the program has).
+        supports_retrieve_callback = True
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.pending = collections.deque()
+
+        def effective_n_jobs(self, n_jobs):
+            return max(1, n_jobs or 1)
+
+        def submit(self, func, callback=None):
+            out = Later(func)
+            self.pending.append((out, callback))
+            return out
+
+        @contextlib.contextmanager
+        def retrieval_context(self):
+            while self.pending:
+                out, callback = self.pending.popleft()
+                out.run()
+                if callback is not None:
+                    callback(out)
+                if out.error is not None:
+                    break
+            yield
+
+        def abort_everything(self, ensure_ready=True):
+            self.pending.clear()
+
+        def retrieve_result_callback(self, out):
+            return out.result()
+
+        def get_nested_backend(self):
+            return InlineBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+    return InlineBackend
+
+
+def per_call(calls):
+    """Seconds per small nested call: Parallel(n_jobs=2) on two items, `calls` times."""
+    from joblib import Parallel, delayed
+
+    t0 = perf()
+    for _ in range(calls):
+        Parallel(n_jobs=2)(delayed(abs)(m) for m in (1, 2))
+    return (perf() - t0) / calls
 
 
 def best(run, rounds, expect):
@@ -115,21 +199,36 @@ def main() -> None:
                 Client(cl):
             rows["dask"] = best(under("dask"), rounds, expect)
 
+    inline = _inline_backend()(nesting_level=0)
+    rows["joblib alone"] = best(under(inline), rounds, expect)
+    # One small nested call: in a task on one Penny worker, and under the minimal backend.
+    calls = 500 if a.quick else 2000
+    with penny.Scheduler(1), joblib.parallel_config(backend="penny", n_jobs=2):
+        call_penny = min(joblib.Parallel()(joblib.delayed(me.per_call)(calls) for _ in range(rounds)))
+    with joblib.parallel_config(backend=inline):
+        call_alone = min(me.per_call(calls) for _ in range(rounds))
+
     ts = rows["serial"]
-    calls = _calls(n, a.cut)
+    calls_n = _calls(n, a.cut)
     print(f"nested fib({n}), Parallel(n_jobs=2) at every level down to n <= {a.cut} "
-          f"({calls} Parallel calls), {w} workers, best of {rounds}; os.cpu_count()={os.cpu_count()}")
+          f"({calls_n} Parallel calls), {w} workers, best of {rounds}; os.cpu_count()={os.cpu_count()}")
     print(f"{'backend':<17}{'time (ms)':>11}{'efficiency':>12}{'vs penny':>10}")
-    out = {"n": n, "cut": a.cut, "workers": w, "rounds": rounds, "parallel_calls": calls, "rows": {}}
+    out = {"n": n, "cut": a.cut, "workers": w, "rounds": rounds, "parallel_calls": calls_n, "rows": {}}
     for name, t in rows.items():
-        workers = 1 if name in ("serial", "penny, 1 worker") else w
+        workers = 1 if name in ("serial", "penny, 1 worker", "joblib alone") else w
         eff = ts / (workers * t)
         ratio = t / rows["penny"]
         print(f"{name:<17}{t * 1e3:>11.1f}{eff:>12.2f}{ratio:>9.2f}x")
         out["rows"][name] = {"seconds": t, "efficiency": eff, "time_vs_penny": ratio}
     t1 = rows["penny, 1 worker"]
     print(f"cost per nested Parallel call on one worker (T_1 - T_serial) / calls: "
-          f"{(t1 - ts) / calls * 1e6:.0f} us; Penny's efficiency ceiling here is T_serial / T_1 = {ts / t1:.2f}")
+          f"{(t1 - ts) / calls_n * 1e6:.0f} us; Penny's efficiency ceiling here is T_serial / T_1 = {ts / t1:.2f}")
+    print(f"joblib alone (minimal backend, 1 thread): {(rows['joblib alone'] - ts) / calls_n * 1e6:.0f} us per call; "
+          f"the efficiency ceiling of any backend here is T_serial / T_joblib alone = {ts / rows['joblib alone']:.2f}")
+    print(f"one Parallel(n_jobs=2) on two items, best of {rounds} x {calls}: in a Penny task "
+          f"{call_penny * 1e6:.0f} us, under the minimal backend {call_alone * 1e6:.0f} us: "
+          f"Penny's share {(call_penny - call_alone) * 1e6:.0f} us")
+    out["per_call"] = {"penny_task_s": call_penny, "joblib_alone_s": call_alone}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
