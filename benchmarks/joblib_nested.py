@@ -11,21 +11,26 @@ same program runs under each backend (``joblib.parallel_config(backend=...)``):
 * penny, 1 worker: the nested program on one worker, i.e. what joblib's
   ``Parallel`` and Penny's spawn/sync cost with no parallelism:
   ``T_serial / T_1`` is the ceiling of Penny's efficiency on this machine;
-* penny: ``penny.joblib`` on a Scheduler of `--workers` workers (nested calls
-  spawn and sync children);
+* penny: ``penny.joblib`` on a Scheduler of `--workers` workers, its default
+  policy (``lazy=True``): a nested call inside a task is split (its batches
+  spawned as children, the last one run by the task itself) when a worker is
+  idle, else joblib runs it sequentially in the task;
+* penny, lazy=False: every nested call is split, whether a worker is idle or not;
 * loky: joblib's default process backend, ``n_jobs=workers`` (nested calls
   fall back to threads, then serial);
 * dask: ``distributed.Client(n_workers=workers, threads_per_worker=1,
   processes=True)`` (nested calls secede);
-* joblib alone: the least any backend can do, a minimal backend (joblib's own
-  base classes, each batch run at once in the calling thread, no process, no
-  task): what joblib's ``Parallel`` itself costs around the work.
-  ``T_serial / T_joblib alone`` bounds the efficiency of *any* backend on this
-  program, even one with free parallelism.
+* joblib alone: the least a backend that splits every call can do, a minimal
+  backend (joblib's own base classes, each batch run in the calling thread,
+  no process, no task): what joblib's batching machinery costs around the
+  work.  ``T_serial / T_joblib alone`` bounds the efficiency of any backend
+  that splits every call (penny with lazy=False, loky, dask), even one with
+  free parallelism.
 
 Then the cost of one small nested call, ``Parallel(n_jobs=2)`` on two items,
-is measured in a loop: inside a task on one Penny worker, and in the main
-process under the minimal backend; the difference is Penny's share.
+is measured in a loop: inside a task on one Penny worker (lazy=False: split;
+lazy=True: nobody is idle, so not split), and in the main process under the
+minimal backend (split) and with ``n_jobs=1`` (joblib's sequential path).
 
 Each result is checked against the serial one; the time is the best of R runs
 after a warm-up.  efficiency = T_serial / (workers x T).  Target: penny >= 0.80
@@ -126,13 +131,13 @@ def _inline_backend():
     return InlineBackend
 
 
-def per_call(calls):
-    """Seconds per small nested call: Parallel(n_jobs=2) on two items, `calls` times."""
+def per_call(calls, n_jobs=2):
+    """Seconds per small nested call: Parallel(n_jobs) on two items, `calls` times."""
     from joblib import Parallel, delayed
 
     t0 = perf()
     for _ in range(calls):
-        Parallel(n_jobs=2)(delayed(abs)(m) for m in (1, 2))
+        Parallel(n_jobs=n_jobs)(delayed(abs)(m) for m in (1, 2))
     return (perf() - t0) / calls
 
 
@@ -155,7 +160,7 @@ def main() -> None:
     ap.add_argument("--cut", type=int, default=17)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--skip", default="", help="comma-separated backends to skip: loky,dask")
+    ap.add_argument("--skip", default="", help="comma-separated rows to skip: loky,dask,lazy (penny, lazy=False)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     n = a.n if a.n is not None else (25 if a.quick else 27)
@@ -186,6 +191,8 @@ def main() -> None:
         rows["penny, 1 worker"] = best(under("penny"), rounds, expect)
     with penny.Scheduler(w):
         rows["penny"] = best(under("penny"), rounds, expect)
+        if "lazy" not in skip:
+            rows["penny, lazy=False"] = best(under("penny", lazy=False), rounds, expect)
     if "loky" not in skip:
         rows["loky"] = best(under("loky", n_jobs=w), rounds, expect)
     if "dask" not in skip:
@@ -203,10 +210,16 @@ def main() -> None:
     rows["joblib alone"] = best(under(inline), rounds, expect)
     # One small nested call: in a task on one Penny worker, and under the minimal backend.
     calls = 500 if a.quick else 2000
-    with penny.Scheduler(1), joblib.parallel_config(backend="penny", n_jobs=2):
-        call_penny = min(joblib.Parallel()(joblib.delayed(me.per_call)(calls) for _ in range(rounds)))
+    call_penny = {}
+    with penny.Scheduler(1):
+        # "--skip lazy": a penny.joblib older than the lazy policy (it splits every call).
+        for lazy in (False,) if "lazy" in skip else (False, True):
+            kw = {} if "lazy" in skip else {"lazy": lazy}
+            with joblib.parallel_config(backend="penny", n_jobs=2, **kw):
+                call_penny[lazy] = min(joblib.Parallel()(joblib.delayed(me.per_call)(calls) for _ in range(rounds)))
     with joblib.parallel_config(backend=inline):
         call_alone = min(me.per_call(calls) for _ in range(rounds))
+        call_seq = min(me.per_call(calls, n_jobs=1) for _ in range(rounds))
 
     ts = rows["serial"]
     calls_n = _calls(n, a.cut)
@@ -224,11 +237,14 @@ def main() -> None:
     print(f"cost per nested Parallel call on one worker (T_1 - T_serial) / calls: "
           f"{(t1 - ts) / calls_n * 1e6:.0f} us; Penny's efficiency ceiling here is T_serial / T_1 = {ts / t1:.2f}")
     print(f"joblib alone (minimal backend, 1 thread): {(rows['joblib alone'] - ts) / calls_n * 1e6:.0f} us per call; "
-          f"the efficiency ceiling of any backend here is T_serial / T_joblib alone = {ts / rows['joblib alone']:.2f}")
-    print(f"one Parallel(n_jobs=2) on two items, best of {rounds} x {calls}: in a Penny task "
-          f"{call_penny * 1e6:.0f} us, under the minimal backend {call_alone * 1e6:.0f} us: "
-          f"Penny's share {(call_penny - call_alone) * 1e6:.0f} us")
-    out["per_call"] = {"penny_task_s": call_penny, "joblib_alone_s": call_alone}
+          f"the efficiency ceiling of a backend that splits every call is T_serial / T_joblib alone = "
+          f"{ts / rows['joblib alone']:.2f}")
+    print(f"one Parallel(n_jobs=2) on two items, best of {rounds} x {calls}: split in a Penny task "
+          f"{call_penny[False] * 1e6:.0f} us, under the minimal backend {call_alone * 1e6:.0f} us "
+          f"(Penny's share {(call_penny[False] - call_alone) * 1e6:.0f} us); not split (lazy, nobody idle) "
+          f"{call_penny.get(True, float('nan')) * 1e6:.0f} us, joblib's n_jobs=1 path {call_seq * 1e6:.0f} us")
+    out["per_call"] = {"penny_split_s": call_penny[False], "penny_lazy_s": call_penny.get(True),
+                       "joblib_alone_s": call_alone, "joblib_n_jobs_1_s": call_seq}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -202,7 +202,7 @@ def settled_spawns(s, expected, wait=10.0):
 
 def test_three_levels_stay_on_penny_and_start_no_process():
     with penny.Scheduler(2) as s:
-        with parallel_config(backend="penny", n_jobs=2):
+        with parallel_config(backend="penny", n_jobs=2, lazy=False):
             Parallel()(delayed(jt.nest)(1, 2) for _ in range(2))  # warm-up
             plain_threads = s.submit(jt.thread_count).result(timeout=60)
             baseline = descendants(os.getpid())
@@ -236,25 +236,29 @@ def test_three_levels_stay_on_penny_and_start_no_process():
     assert 24 <= spawns < 36, spawns
 
 
-def test_nested_timeout_is_not_applied_in_tasks(sched):
-    with parallel_config(backend="penny", n_jobs=2):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_nested_timeout_is_not_applied_in_tasks(lazy, sched):
+    with parallel_config(backend="penny", n_jobs=2, lazy=lazy):
         assert Parallel()(delayed(jt.nested_with_timeout)(0.3) for _ in range(2)) == [[0, 1]] * 2
 
 
-def test_nested_fib_is_right(sched):
-    with parallel_config(backend="penny", n_jobs=2):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_nested_fib_is_right(lazy, sched):
+    with parallel_config(backend="penny", n_jobs=2, lazy=lazy):
         assert Parallel()(delayed(jt.pfib)(n) for n in (12, 14, 16)) == [jt.fib(n) for n in (12, 14, 16)]
 
 
-def test_nested_error_comes_back_as_itself(sched):
-    with parallel_config(backend="penny", n_jobs=2):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_nested_error_comes_back_as_itself(lazy, sched):
+    with parallel_config(backend="penny", n_jobs=2, lazy=lazy):
         with pytest.raises(ValueError, match="bad item 3"):
             Parallel()(delayed(jt.nested_error)(3) for _ in range(2))
         assert Parallel()(delayed(jt.nested_error)(99) for _ in range(2)) == [list(range(8))] * 2
 
 
-def test_nested_generators(sched):
-    with parallel_config(backend="penny", n_jobs=2):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_nested_generators(lazy, sched):
+    with parallel_config(backend="penny", n_jobs=2, lazy=lazy):
         assert Parallel()(delayed(jt.nested_generator)(10) for _ in range(2)) == [[i * i for i in range(10)]] * 2
         # A nested generator dropped after one item: its other children are
         # synced, the task returns normally.
@@ -267,15 +271,16 @@ def test_nested_call_spawns_every_batch_but_the_last():
     # before retrieval, which the task runs itself; batches that joblib submits
     # later (from its callbacks, past pre_dispatch) are spawned too.  One worker:
     # nothing is stolen, the counts are exact.
-    with penny.Scheduler(1) as s, parallel_config(backend="penny", n_jobs=2):
+    with penny.Scheduler(1) as s, parallel_config(backend="penny", n_jobs=2, lazy=False):
         for width in (1, 2, 3, 10):
             s.stats(reset=True)
             assert Parallel()(delayed(jt.nested_width)(width) for _ in range(1)) == [list(range(width))]
             assert settled_spawns(s, width - 1) == width - 1, width
 
 
-def test_nested_long_iterable_in_order_and_unordered(sched):
-    with parallel_config(backend="penny", n_jobs=2):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_nested_long_iterable_in_order_and_unordered(lazy, sched):
+    with parallel_config(backend="penny", n_jobs=2, lazy=lazy):
         assert Parallel()(delayed(jt.nested_width)(50) for _ in range(2)) == [list(range(50))] * 2
         assert Parallel()(delayed(jt.nested_unordered)(30) for _ in range(2)) == [list(range(30))] * 2
 
@@ -283,7 +288,7 @@ def test_nested_long_iterable_in_order_and_unordered(sched):
 def test_nested_error_stops_what_was_not_submitted(sched, tmp_path):
     # 8 one-item batches, pre_dispatch 4: batches 0-3 are submitted at once (3
     # is held back and runs first), each finished one submits the next.
-    with parallel_config(backend="penny", n_jobs=2):
+    with parallel_config(backend="penny", n_jobs=2, lazy=False):
         # The held-back batch fails: the spawned ones (0-2) are still synced
         # (run), the later ones are never submitted.
         d = tmp_path / "held"
@@ -301,11 +306,64 @@ def test_nested_error_stops_what_was_not_submitted(sched, tmp_path):
         assert sched.submit(abs, -2).result(timeout=60) == 2
 
 
-def test_two_nested_generators_alive_at_once(sched):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_two_nested_generators_alive_at_once(lazy, sched):
     # Both use the one backend object of the batch's config.
-    with parallel_config(backend="penny", n_jobs=2):
+    with parallel_config(backend="penny", n_jobs=2, lazy=lazy):
         assert Parallel()(delayed(jt.nested_twice_with_generators)(10) for _ in range(2)) == \
             [[list(range(10)), list(range(10))]] * 2
+
+
+def test_lazy_nested_call_runs_sequentially_when_no_worker_is_idle():
+    # One worker, busy with the task itself: nobody is ever idle, so with the
+    # default lazy=True a nested call is not split (joblib runs it in the task,
+    # without batches: no spawn, and its items see the task's own backend and
+    # level); lazy=False splits it.
+    with penny.Scheduler(1) as s:
+        for lazy, spawns, level in ((True, 0, 1), (False, 9, 2)):
+            with parallel_config(backend="penny", n_jobs=2, lazy=lazy):
+                s.stats(reset=True)
+                assert Parallel()(delayed(jt.nested_width)(10) for _ in range(1)) == [list(range(10))]
+                assert settled_spawns(s, spawns) == spawns, lazy
+                leaves = Parallel()(delayed(jt.nest)(1, 2) for _ in range(1))[0]
+                assert {tuple(leaf[:3]) for leaf in leaves} == {("PennyBackend", level, True)}, lazy
+
+
+def test_lazy_nested_call_is_split_for_an_idle_worker():
+    # Two workers and one task: the other worker is idle, so the nested call
+    # inside the task is split (its first batch spawned) and the idle worker
+    # can take it.  Several tries: the idle count is a hint, read once per call.
+    with penny.Scheduler(2) as s, parallel_config(backend="penny", n_jobs=2):
+        assert Parallel()(delayed(abs)(-1) for _ in range(2)) == [1, 1]  # both workers started
+        split = 0
+        for _ in range(5):
+            time.sleep(0.2)  # the other worker goes idle
+            s.stats(reset=True)
+            assert Parallel()(delayed(jt.nested_width)(2) for _ in range(1)) == [[0, 1]]
+            split += settled_spawns(s, 1, wait=2.0)
+    assert split >= 1
+
+
+def test_lazy_three_levels_stay_on_penny():
+    # The default policy on the three-level program: every leaf under Penny's
+    # backend in a task, one level deeper per call that was split.
+    with penny.Scheduler(2), parallel_config(backend="penny", n_jobs=2):
+        leaves = Parallel()(delayed(jt.nest)(2, 3) for _ in range(3))
+    leaves = [leaf for part in leaves for leaf in part]
+    assert len(leaves) == 27
+    assert {tuple(leaf[:3]) for leaf in leaves} <= {("PennyBackend", lv, True) for lv in (1, 2, 3)}
+
+
+def test_lazy_travels_to_the_nested_backend():
+    cls = penny.joblib.register()
+    import pickle
+
+    for lazy in (True, False):
+        b = cls(nesting_level=1, lazy=lazy)
+        again = pickle.loads(pickle.dumps(b))
+        assert (again.nesting_level, again.lazy) == (1, lazy)
+        nested, _ = b.get_nested_backend()
+        assert (nested.nesting_level, nested.lazy) == (2, lazy)
 
 
 # ---- scikit-learn ---------------------------------------------------------------

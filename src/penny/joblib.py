@@ -28,6 +28,18 @@ there.  After an error the spawned children are still synced (their results
 dropped), the held-back batch and those not submitted yet never run.  There
 ``Parallel``'s `timeout` is not applied (the batches are synced in order).
 
+Lazy splitting (``lazy=True``, the default): inside a task a nested call is
+split as above only if some worker is idle when it starts (the idle count a
+spawn reads for lazy publication); otherwise `configure` returns 1 and joblib
+runs the call sequentially in the task (its ``n_jobs=1`` path: no batches, no
+callbacks, a fraction of its per-call cost; its items then see the task's own
+backend and nesting level, as under joblib's own sequential path).  Every
+worker busy means the batches would all be run by this task anyway; a call
+made once a worker is idle is split for it, and its first spawn publishes the
+oldest private child of this worker.  ``parallel_config(backend="penny",
+lazy=False)`` splits every nested call; the setting travels to the nested
+levels.
+
 ``import penny.joblib`` does not import joblib: `register()` (or the first use
 of `PennyBackend`) does.
 """
@@ -41,7 +53,8 @@ import queue
 import threading
 import weakref
 
-from . import _context, spawn, sync
+from . import _context, _core, spawn, sync
+from .shm.layout import H_IDLE
 
 __all__ = ["PennyBackend", "register"]  # noqa: F822 - PennyBackend comes from __getattr__ (joblib on first use)
 
@@ -50,7 +63,7 @@ _CLASS_LOCK = threading.Lock()
 # Set with the class (joblib is imported then): what the per-batch paths use.
 _parallel_config = None
 _BatchedCalls = None
-_CARRIERS: dict = {}  # nesting level -> the backend get_nested_backend names in a task's batches
+_CARRIERS: dict = {}  # (nesting level, lazy) -> the backend get_nested_backend names in a task's batches
 
 
 def register(name: str = "penny", make_default: bool = False):
@@ -74,10 +87,16 @@ def _in_task() -> bool:
     return fork is not None and bool(fork.task)
 
 
-def _nested(nesting_level):
+def _someone_idle(fork) -> bool:
+    """Whether a worker is looking for work: the idle count that a spawn reads
+    for lazy publication (runtime/forkjoin.py), read the same way (relaxed, a hint)."""
+    return fork.s.load32(H_IDLE, _core.RELAXED) != 0
+
+
+def _nested(nesting_level, lazy=True):
     """How a pickled backend comes back in a worker (see PennyBackend.__reduce__)."""
     cls = _CLASS if _CLASS is not None else _backend_class()
-    return cls(nesting_level=nesting_level)
+    return cls(nesting_level=nesting_level, lazy=lazy)
 
 
 class _Child:
@@ -123,10 +142,10 @@ class _Child:
     get = result
 
 
-def _run_batch(items, n_jobs, nesting_level):
+def _run_batch(items, n_jobs, nesting_level, lazy=True):
     """A joblib batch inside a task, as BatchedCalls.__call__ runs it: under the
     nested backend (Penny again, one level deeper)."""
-    backend = _nested(nesting_level)  # first: in a fresh worker it imports joblib
+    backend = _nested(nesting_level, lazy)  # first: in a fresh worker it imports joblib
     with _parallel_config(backend=backend, n_jobs=n_jobs):
         return [func(*args, **kwargs) for func, args, kwargs in items]
 
@@ -159,9 +178,11 @@ def _make_class():
         uses_threads = False
         supports_sharedmem = False
 
-        def __init__(self, nesting_level=None, inner_max_num_threads=None, scheduler=None, **kwargs):
+        def __init__(self, nesting_level=None, inner_max_num_threads=None, scheduler=None, lazy=True,
+                     **kwargs):
             super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
                              **kwargs)
+            self.lazy = lazy            # inside a task: split a nested call only for an idle worker
             self._given = scheduler
             self._sched = None
             self._owned = None          # [Scheduler] this backend started, shared with its finalizer
@@ -185,8 +206,8 @@ def _make_class():
             self._parallel_ref = weakref.ref(value) if value is not None else None
 
         def __reduce__(self):
-            # A batch carries its nested backend to a worker: only the level travels.
-            return (_nested, (self.nesting_level,))
+            # A batch carries its nested backend to a worker: only the level and `lazy` travel.
+            return (_nested, (self.nesting_level, self.lazy))
 
         # ---- sizes -----------------------------------------------------------
         def _workers(self):
@@ -209,8 +230,16 @@ def _make_class():
         def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **backend_kwargs):
             self.parallel = parallel
             n = self.effective_n_jobs(n_jobs)
-            if n > 1 and not _in_task():
-                self._scheduler(n)
+            if n > 1:
+                fork = _context.current_fork()
+                if fork is None or not fork.task:
+                    self._scheduler(n)
+                elif self.lazy and not _someone_idle(fork):
+                    # Lazy splitting: every worker is busy, so this call's batches
+                    # would only be run by this task anyway.  joblib runs it
+                    # sequentially here, at a fraction of its per-call cost; a
+                    # call made once a worker is idle is split for it.
+                    return 1
             return n
 
         def _scheduler(self, n):
@@ -236,12 +265,13 @@ def _make_class():
                 # joblib puts it in each BatchedCalls; in a task submit only reads its
                 # level (a batch runs under a backend of its own: _run_batch), so one
                 # object per level serves every batch of this process.
-                carrier = _CARRIERS.get(level)
+                key = (level, self.lazy)
+                carrier = _CARRIERS.get(key)
                 if carrier is None:
-                    carrier = _CARRIERS[level] = type(self)(nesting_level=level)
+                    carrier = _CARRIERS[key] = type(self)(nesting_level=level, lazy=self.lazy)
                 return carrier, None
             # Outside tasks the BatchedCalls travels to a worker, and its backend with it.
-            return type(self)(nesting_level=level), None
+            return type(self)(nesting_level=level, lazy=self.lazy), None
 
         # ---- submitting and retrieving -------------------------------------------
         def submit(self, func, callback=None):
@@ -269,7 +299,9 @@ def _make_class():
             if type(func) is _BatchedCalls:
                 # The items travel as arguments of a function named by module
                 # (cheaper than a cloudpickle of the BatchedCalls object).
-                call = (_run_batch, (func.items, func._n_jobs, getattr(func._backend, "nesting_level", None)))
+                nested = func._backend
+                call = (_run_batch, (func.items, func._n_jobs, getattr(nested, "nesting_level", None),
+                                     getattr(nested, "lazy", self.lazy)))
             else:
                 call = (func, ())
             child = _Child(call)
