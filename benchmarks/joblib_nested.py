@@ -13,8 +13,9 @@ same program runs under each backend (``joblib.parallel_config(backend=...)``):
   ``T_serial / T_1`` is the ceiling of Penny's efficiency on this machine;
 * penny: ``penny.joblib`` on a Scheduler of `--workers` workers, its default
   policy (``lazy=True``): a nested call inside a task is split (its batches
-  spawned as children, the last one run by the task itself) when a worker is
-  idle, else joblib runs it sequentially in the task;
+  spawned as children, the last one run by the task itself) when the worker
+  holds no private child yet or a worker is idle, else joblib runs it
+  sequentially in the task;
 * penny, lazy=False: every nested call is split, whether a worker is idle or not;
 * loky: joblib's default process backend, ``n_jobs=workers`` (nested calls
   fall back to threads, then serial);
@@ -29,8 +30,9 @@ same program runs under each backend (``joblib.parallel_config(backend=...)``):
 
 Then the cost of one small nested call, ``Parallel(n_jobs=2)`` on two items,
 is measured in a loop: inside a task on one Penny worker (lazy=False: split;
-lazy=True: nobody is idle, so not split), and in the main process under the
-minimal backend (split) and with ``n_jobs=1`` (joblib's sequential path).
+lazy=True while the task holds a private child and nobody is idle: not
+split), and in the main process under the minimal backend (split) and with
+``n_jobs=1`` (joblib's sequential path).
 
 Each result is checked against the serial one; the time is the best of R runs
 after a warm-up.  efficiency = T_serial / (workers x T).  Target: penny >= 0.80
@@ -131,14 +133,25 @@ def _inline_backend():
     return InlineBackend
 
 
-def per_call(calls, n_jobs=2):
-    """Seconds per small nested call: Parallel(n_jobs) on two items, `calls` times."""
+def per_call(calls, n_jobs=2, hold=False):
+    """Seconds per small nested call: Parallel(n_jobs) on two items, `calls` times.
+    `hold` (in a Penny task): while the task holds a private child (its argument
+    cannot be pickled, so it stays private), as a task deep in a recursion does."""
     from joblib import Parallel, delayed
 
+    if hold:
+        import threading
+
+        import penny
+
+        h = penny.spawn(bool, threading.Lock())
     t0 = perf()
     for _ in range(calls):
         Parallel(n_jobs=n_jobs)(delayed(abs)(m) for m in (1, 2))
-    return (perf() - t0) / calls
+    took = (perf() - t0) / calls
+    if hold:
+        penny.sync(h)
+    return took
 
 
 def best(run, rounds, expect):
@@ -195,6 +208,10 @@ def main() -> None:
             rows["penny, lazy=False"] = best(under("penny", lazy=False), rounds, expect)
     if "loky" not in skip:
         rows["loky"] = best(under("loky", n_jobs=w), rounds, expect)
+        # loky keeps its workers for later calls, past this process's exit: stop them now.
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
     if "dask" not in skip:
         try:
             from distributed import Client, LocalCluster
@@ -216,7 +233,8 @@ def main() -> None:
         for lazy in (False,) if "lazy" in skip else (False, True):
             kw = {} if "lazy" in skip else {"lazy": lazy}
             with joblib.parallel_config(backend="penny", n_jobs=2, **kw):
-                call_penny[lazy] = min(joblib.Parallel()(joblib.delayed(me.per_call)(calls) for _ in range(rounds)))
+                call_penny[lazy] = min(joblib.Parallel()(joblib.delayed(me.per_call)(calls, hold=lazy)
+                                                         for _ in range(rounds)))
     with joblib.parallel_config(backend=inline):
         call_alone = min(me.per_call(calls) for _ in range(rounds))
         call_seq = min(me.per_call(calls, n_jobs=1) for _ in range(rounds))
@@ -241,7 +259,8 @@ def main() -> None:
           f"{ts / rows['joblib alone']:.2f}")
     print(f"one Parallel(n_jobs=2) on two items, best of {rounds} x {calls}: split in a Penny task "
           f"{call_penny[False] * 1e6:.0f} us, under the minimal backend {call_alone * 1e6:.0f} us "
-          f"(Penny's share {(call_penny[False] - call_alone) * 1e6:.0f} us); not split (lazy, nobody idle) "
+          f"(Penny's share {(call_penny[False] - call_alone) * 1e6:.0f} us); not split (lazy, a private child held, "
+          f"nobody idle) "
           f"{call_penny.get(True, float('nan')) * 1e6:.0f} us, joblib's n_jobs=1 path {call_seq * 1e6:.0f} us")
     out["per_call"] = {"penny_split_s": call_penny[False], "penny_lazy_s": call_penny.get(True),
                        "joblib_alone_s": call_alone, "joblib_n_jobs_1_s": call_seq}

@@ -140,3 +140,14 @@ def nested_twice_with_generators(n):
     a = Parallel(n_jobs=2, return_as="generator")(delayed(abs)(-i) for i in range(n))
     b = Parallel(n_jobs=2, return_as="generator")(delayed(abs)(i) for i in range(n))
     return [list(a), list(b)]
+
+
+def nested_width_holding(width):
+    """nested_width(width) while this task holds a private child of its own (its
+    argument cannot be pickled, so it stays private even for an idle worker)."""
+    import threading
+
+    h = penny.spawn(bool, threading.Lock())
+    out = nested_width(width)
+    assert penny.sync(h) is True
+    return out
