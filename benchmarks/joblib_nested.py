@@ -154,6 +154,32 @@ def per_call(calls, n_jobs=2, hold=False):
     return took
 
 
+def cpu_pfib(n, cut, rounds):
+    """Best CPU time (this process's, time.process_time) of pfib(n) and of fib(n),
+    run here: in a task on one worker, the ratio is the ceiling with the load
+    of other processes on the machine mostly taken out."""
+    cpu = time.process_time
+    got = {}
+    for name, f in (("fib", lambda: fib(n)), ("pfib", lambda: pfib(n, cut))):
+        times = []
+        for _ in range(rounds + 1):
+            t0 = cpu()
+            f()
+            times.append(cpu() - t0)
+        got[name] = min(times[1:])
+    return got
+
+
+def counted(s, run):
+    """Scheduler `s`'s counters over one more run: the nested calls split (one
+    spawn each for two batches), the children given a record, steals, suspends."""
+    s.stats(reset=True)
+    run()
+    time.sleep(0.3)  # the workers publish their counters when they go idle
+    t = s.stats()["totals"]
+    return {k: t[k] for k in ("spawns", "published", "steals", "suspends")}
+
+
 def best(run, rounds, expect):
     run()  # warm-up: imports, worker start, function registration
     times = []
@@ -200,12 +226,18 @@ def main() -> None:
                 return me.pfib(n, a.cut)
         return run
 
-    with penny.Scheduler(1):
+    counts = {}
+    with penny.Scheduler(1) as s:
         rows["penny, 1 worker"] = best(under("penny"), rounds, expect)
-    with penny.Scheduler(w):
+        counts["penny, 1 worker"] = counted(s, under("penny"))
+        with joblib.parallel_config(backend="penny"):
+            cpu1 = joblib.Parallel(n_jobs=2)(joblib.delayed(me.cpu_pfib)(n, a.cut, rounds) for _ in range(1))[0]
+    with penny.Scheduler(w) as s:
         rows["penny"] = best(under("penny"), rounds, expect)
+        counts["penny"] = counted(s, under("penny"))
         if "lazy" not in skip:
             rows["penny, lazy=False"] = best(under("penny", lazy=False), rounds, expect)
+            counts["penny, lazy=False"] = counted(s, under("penny", lazy=False))
     if "loky" not in skip:
         rows["loky"] = best(under("loky", n_jobs=w), rounds, expect)
         # loky keeps its workers for later calls, past this process's exit: stop them now.
@@ -262,6 +294,14 @@ def main() -> None:
           f"(Penny's share {(call_penny[False] - call_alone) * 1e6:.0f} us); not split (lazy, a private child held, "
           f"nobody idle) "
           f"{call_penny.get(True, float('nan')) * 1e6:.0f} us, joblib's n_jobs=1 path {call_seq * 1e6:.0f} us")
+    print(f"CPU time in one task on one worker (time.process_time, best of {rounds}): fib({n}) "
+          f"{cpu1['fib'] * 1e3:.1f} ms, the nested program {cpu1['pfib'] * 1e3:.1f} ms: "
+          f"ceiling T_serial / T_1 = {cpu1['fib'] / cpu1['pfib']:.2f}")
+    out["cpu_one_worker"] = cpu1
+    for name, c in counts.items():
+        print(f"{name}, one more run: {c['spawns']} spawns (one per nested call split), {c['published']} published, "
+              f"{c['steals']} steals, {c['suspends']} suspends")
+    out["counts"] = counts
     out["per_call"] = {"penny_split_s": call_penny[False], "penny_lazy_s": call_penny.get(True),
                        "joblib_alone_s": call_alone, "joblib_n_jobs_1_s": call_seq}
     if a.json:
