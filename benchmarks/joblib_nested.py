@@ -16,7 +16,8 @@ same program runs under each backend (``joblib.parallel_config(backend=...)``):
   spawned as children, the last one run by the task itself) when the worker
   holds no private child yet or a worker is idle, else joblib runs it
   sequentially in the task;
-* penny, lazy=False: every nested call is split, whether a worker is idle or not;
+* penny, lazy=False: every nested call is split, whether a worker is idle or
+  not (and "penny, 1 w, lazy=False" the same on one worker);
 * loky: joblib's default process backend, ``n_jobs=workers`` (nested calls
   fall back to threads, then serial);
 * dask: ``distributed.Client(n_workers=workers, threads_per_worker=1,
@@ -25,14 +26,17 @@ same program runs under each backend (``joblib.parallel_config(backend=...)``):
   backend (joblib's own base classes, each batch run in the calling thread,
   no process, no task): what joblib's batching machinery costs around the
   work.  ``T_serial / T_joblib alone`` bounds the efficiency of any backend
-  that splits every call (penny with lazy=False, loky, dask), even one with
-  free parallelism.
+  that splits every call (as penny with lazy=False does), even one with free
+  parallelism.
 
 Then the cost of one small nested call, ``Parallel(n_jobs=2)`` on two items,
 is measured in a loop: inside a task on one Penny worker (lazy=False: split;
 lazy=True while the task holds a private child and nobody is idle: not
 split), and in the main process under the minimal backend (split) and with
-``n_jobs=1`` (joblib's sequential path).
+``n_jobs=1`` (joblib's sequential path).  Also printed: each penny row's
+counters over one more run (spawns: one per nested call split into two
+batches; published, steals, suspends), and the CPU time (``process_time``)
+of ``fib(n)`` and of the nested program run inside one task on one worker.
 
 Each result is checked against the serial one; the time is the best of R runs
 after a warm-up.  efficiency = T_serial / (workers x T).  Target: penny >= 0.80
@@ -230,6 +234,8 @@ def main() -> None:
     with penny.Scheduler(1) as s:
         rows["penny, 1 worker"] = best(under("penny"), rounds, expect)
         counts["penny, 1 worker"] = counted(s, under("penny"))
+        if "lazy" not in skip:
+            rows["penny, 1 w, lazy=False"] = best(under("penny", lazy=False), rounds, expect)
         with joblib.parallel_config(backend="penny"):
             cpu1 = joblib.Parallel(n_jobs=2)(joblib.delayed(me.cpu_pfib)(n, a.cut, rounds) for _ in range(1))[0]
     with penny.Scheduler(w) as s:
@@ -275,13 +281,13 @@ def main() -> None:
     calls_n = _calls(n, a.cut)
     print(f"nested fib({n}), Parallel(n_jobs=2) at every level down to n <= {a.cut} "
           f"({calls_n} Parallel calls), {w} workers, best of {rounds}; os.cpu_count()={os.cpu_count()}")
-    print(f"{'backend':<17}{'time (ms)':>11}{'efficiency':>12}{'vs penny':>10}")
+    print(f"{'backend':<23}{'time (ms)':>11}{'efficiency':>12}{'vs penny':>10}")
     out = {"n": n, "cut": a.cut, "workers": w, "rounds": rounds, "parallel_calls": calls_n, "rows": {}}
     for name, t in rows.items():
-        workers = 1 if name in ("serial", "penny, 1 worker", "joblib alone") else w
+        workers = 1 if name in ("serial", "penny, 1 worker", "penny, 1 w, lazy=False", "joblib alone") else w
         eff = ts / (workers * t)
         ratio = t / rows["penny"]
-        print(f"{name:<17}{t * 1e3:>11.1f}{eff:>12.2f}{ratio:>9.2f}x")
+        print(f"{name:<23}{t * 1e3:>11.1f}{eff:>12.2f}{ratio:>9.2f}x")
         out["rows"][name] = {"seconds": t, "efficiency": eff, "time_vs_penny": ratio}
     t1 = rows["penny, 1 worker"]
     print(f"cost per nested Parallel call on one worker (T_1 - T_serial) / calls: "
