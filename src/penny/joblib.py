@@ -19,12 +19,12 @@ an error the batches not started yet are cancelled.
 Inside a Penny task (a batch that calls ``Parallel`` again) the backend is
 Penny again (`get_nested_backend`), Cilk style: each batch is
 ``penny.spawn``-ed as a child of the running task except the last one
-submitted before retrieval, which the task runs itself; then joblib's
-retrieval (`retrieval_context`) syncs the children in order and calls each
-one's callback, until one fails.  A child nobody stole is run there by the
-sync; one that was stolen makes the task suspend on its fiber while its
-worker steals other work; no thread, no process, no new scheduler is started
-there.  After an error the spawned children are still synced (their results
+submitted before retrieval, which the task itself runs first at retrieval
+(`retrieval_context`); then the children are synced in order, each one's
+callback called (a callback may submit the next batches: those are spawned at
+once), until one fails.  A child nobody stole is run there by the sync; one
+that was stolen makes the task suspend on its fiber while its worker steals
+other work; no thread, no process, no new scheduler is started there.  After an error the spawned children are still synced (their results
 dropped), the held-back batch and those not submitted yet never run.  There
 ``Parallel``'s `timeout` is not applied (the batches are synced in order).
 
@@ -37,7 +37,8 @@ fraction of its per-call cost; its items then see the task's own backend and
 nesting level, as under joblib's own sequential path).  So each worker keeps
 one piece of work a thief could get (the oldest, biggest, private child, as
 in lazy binary splitting); a call made once a worker is idle is split for it,
-and its first spawn publishes that oldest child for the thief.
+and its first spawn publishes that oldest child for the thief (the spawn's
+own rule: someone idle and this worker's shared deque empty).
 ``parallel_config(backend="penny", lazy=False)`` splits every nested call;
 the setting travels to the nested levels.
 
