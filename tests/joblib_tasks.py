@@ -151,3 +151,14 @@ def nested_width_holding(width):
     out = nested_width(width)
     assert penny.sync(h) is True
     return out
+
+
+def holding(fn, *args):
+    """fn(*args) while this task holds a private child of its own (see nested_width_holding)."""
+    import threading
+
+    h = penny.spawn(bool, threading.Lock())
+    try:
+        return fn(*args)
+    finally:
+        assert penny.sync(h) is True

@@ -331,6 +331,22 @@ def test_lazy_nested_call_runs_sequentially_when_no_worker_is_idle():
                 assert settled_spawns(s, holding + 1) == holding + 1, lazy
 
 
+def test_lazy_unsplit_calls_keep_results_errors_and_generators():
+    # The sequential path of a nested call (one worker, a private child held):
+    # the same results, order, exception and generators as a split call.
+    with penny.Scheduler(1) as s, parallel_config(backend="penny", n_jobs=2):
+        s.stats(reset=True)
+        assert Parallel()(delayed(jt.holding)(jt.nested_generator, 10) for _ in range(2)) == [
+            [i * i for i in range(10)]] * 2
+        assert Parallel()(delayed(jt.holding)(jt.nested_unordered, 12) for _ in range(1)) == [list(range(12))]
+        assert Parallel()(delayed(jt.holding)(jt.nested_generator_abandoned, 20) for _ in range(1)) == [0]
+        assert Parallel()(delayed(jt.holding)(jt.pfib, 14) for _ in range(1)) == [jt.fib(14)]
+        with pytest.raises(ValueError, match="bad item 3"):
+            Parallel()(delayed(jt.holding)(jt.nested_error, 3) for _ in range(1))
+        # Only the held children were spawned: 2 + 1 + 1 + 1 + 1.
+        assert settled_spawns(s, 6) == 6
+
+
 def test_lazy_nested_call_is_split_for_an_idle_worker():
     # Two workers and one task that holds a private child: the other worker is
     # idle, so the nested call inside the task is split all the same (its first
