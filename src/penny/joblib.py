@@ -24,9 +24,10 @@ submitted before retrieval, which the task itself runs first at retrieval
 callback called (a callback may submit the next batches: those are spawned at
 once), until one fails.  A child nobody stole is run there by the sync; one
 that was stolen makes the task suspend on its fiber while its worker steals
-other work; no thread, no process, no new scheduler is started there.  After an error the spawned children are still synced (their results
-dropped), the held-back batch and those not submitted yet never run.  There
-``Parallel``'s `timeout` is not applied (the batches are synced in order).
+other work; no thread, no process, no new scheduler is started there.  After
+an error the spawned children are still synced (their results dropped), the
+held-back batch and those not submitted yet never run.  There ``Parallel``'s
+`timeout` is not applied (the batches are synced in order).
 
 Lazy splitting (``lazy=True``, the default): inside a task a nested call is
 split as above only if this worker holds no private child yet or some worker
@@ -185,7 +186,7 @@ def _make_class():
                      **kwargs):
             super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
                              **kwargs)
-            self.lazy = lazy            # inside a task: split a nested call only for an idle worker
+            self.lazy = lazy            # inside a task: lazy splitting (see the module docstring)
             self._given = scheduler
             self._sched = None
             self._owned = None          # [Scheduler] this backend started, shared with its finalizer
@@ -333,6 +334,9 @@ def _make_class():
 
         @contextlib.contextmanager
         def retrieval_context(self):
+            # Outside tasks, for a list result, wait here for each future to finish
+            # and call its callback, until one fails (joblib then aborts the rest).
+            # Inside a task: _run_children.
             if not _in_task():
                 self._drain_futures()
                 yield
