@@ -13,9 +13,8 @@ same program runs under each backend (``joblib.parallel_config(backend=...)``):
   ``T_serial / T_1`` is the ceiling of Penny's efficiency on this machine;
 * penny: ``penny.joblib`` on a Scheduler of `--workers` workers, its default
   policy (``lazy=True``): a nested call inside a task is split (its batches
-  spawned as children, the last one run by the task itself) when the worker
-  holds no private child yet or a worker is idle, else joblib runs it
-  sequentially in the task;
+  spawned as children, the last one run by the task itself) when a worker is
+  idle, else joblib runs it sequentially in the task;
 * penny, lazy=False: every nested call is split, whether a worker is idle or
   not (and "penny, 1 w, lazy=False" the same on one worker);
 * loky: joblib's default process backend, ``n_jobs=workers`` (nested calls
@@ -31,8 +30,8 @@ same program runs under each backend (``joblib.parallel_config(backend=...)``):
 
 Then the cost of one small nested call, ``Parallel(n_jobs=2)`` on two items,
 is measured in a loop: inside a task on one Penny worker (lazy=False: split;
-lazy=True while the task holds a private child and nobody is idle: not
-split), and in the main process under the minimal backend (split) and with
+lazy=True, nobody idle: not split; the task holds a private child meanwhile,
+as a task deep in a recursion does), and in the main process under the minimal backend (split) and with
 ``n_jobs=1`` (joblib's sequential path).  Also printed: each penny row's
 counters over one more run (spawns: one per nested call split into two
 batches; published, steals, suspends), and the CPU time (``process_time``)
@@ -297,8 +296,7 @@ def main() -> None:
           f"{ts / rows['joblib alone']:.2f}")
     print(f"one Parallel(n_jobs=2) on two items, best of {rounds} x {calls}: split in a Penny task "
           f"{call_penny[False] * 1e6:.0f} us, under the minimal backend {call_alone * 1e6:.0f} us "
-          f"(Penny's share {(call_penny[False] - call_alone) * 1e6:.0f} us); not split (lazy, a private child held, "
-          f"nobody idle) "
+          f"(Penny's share {(call_penny[False] - call_alone) * 1e6:.0f} us); not split (lazy, nobody idle) "
           f"{call_penny.get(True, float('nan')) * 1e6:.0f} us, joblib's n_jobs=1 path {call_seq * 1e6:.0f} us")
     print(f"CPU time in one task on one worker (time.process_time, best of {rounds}): fib({n}) "
           f"{cpu1['fib'] * 1e3:.1f} ms, the nested program {cpu1['pfib'] * 1e3:.1f} ms: "

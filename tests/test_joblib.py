@@ -316,11 +316,11 @@ def test_two_nested_generators_alive_at_once(lazy, sched):
 
 def test_lazy_nested_call_runs_sequentially_when_no_worker_is_idle():
     # One worker, busy with the task itself: nobody is ever idle.  With the
-    # default lazy=True a nested call is split only while the task holds no
-    # private child; one made while it holds one runs sequentially (joblib's
-    # n_jobs=1 path: no spawn).  lazy=False splits both.
+    # default lazy=True a nested call runs sequentially (joblib's n_jobs=1
+    # path: no spawn), whether the task holds a private child or not;
+    # lazy=False splits both.
     with penny.Scheduler(1) as s:
-        for lazy, free, holding in ((True, 9, 0), (False, 9, 9)):
+        for lazy, free, holding in ((True, 0, 0), (False, 9, 9)):
             with parallel_config(backend="penny", n_jobs=2, lazy=lazy):
                 s.stats(reset=True)
                 assert Parallel()(delayed(jt.nested_width)(10) for _ in range(1)) == [list(range(10))]
@@ -348,10 +348,10 @@ def test_lazy_unsplit_calls_keep_results_errors_and_generators():
 
 
 def test_lazy_nested_call_is_split_for_an_idle_worker():
-    # Two workers and one task that holds a private child: the other worker is
-    # idle, so the nested call inside the task is split all the same (its first
-    # batch spawned) and the idle worker can take work.  Several tries: the idle
-    # count is a hint, read once per call.
+    # Two workers and one task (holding a private child of its own, which stays
+    # private): the other worker is idle, so the nested call inside the task is
+    # split (its first batch spawned) and the idle worker can take work.
+    # Several tries: the idle count is a hint, read once per call.
     with penny.Scheduler(2) as s, parallel_config(backend="penny", n_jobs=2):
         assert Parallel()(delayed(abs)(-1) for _ in range(2)) == [1, 1]  # both workers started
         split = 0

@@ -30,16 +30,18 @@ held-back batch and those not submitted yet never run.  There ``Parallel``'s
 `timeout` is not applied (the batches are synced in order).
 
 Lazy splitting (``lazy=True``, the default): inside a task a nested call is
-split as above only if this worker holds no private child yet or some worker
-is idle when the call starts (the idle count a spawn reads for lazy
-publication); otherwise `configure` returns 1 and joblib runs the call
-sequentially in the task (its ``n_jobs=1`` path: no batches, no callbacks, a
-fraction of its per-call cost; its items then see the task's own backend and
-nesting level, as under joblib's own sequential path).  So each worker keeps
-one piece of work a thief could get (the oldest, biggest, private child, as
-in lazy binary splitting); a call made once a worker is idle is split for it,
-and its first spawn publishes that oldest child for the thief (the spawn's
-own rule: someone idle and this worker's shared deque empty).
+split as above only if some worker is idle when the call starts (the idle
+count a spawn reads for lazy publication); otherwise `configure` returns 1
+and joblib runs the call sequentially in the task (its ``n_jobs=1`` path: no
+batches, no callbacks, a fraction of its per-call cost; its items then see
+the task's own backend and nesting level, as under joblib's own sequential
+path).  Every worker busy means the batches would all be run by this task
+anyway; a call made once a worker is idle is split for it, and its first
+spawn publishes this worker's oldest private child for the thief (the
+spawn's own rule: someone idle and this worker's shared deque empty).
+(Splitting also while the worker holds no private child, as lazy binary
+splitting does, measured no better on two workers: 17 more calls split on
+one worker, none of them stolen; benchmarks/RESULTS.md.)
 ``parallel_config(backend="penny", lazy=False)`` splits every nested call;
 the setting travels to the nested levels.
 
@@ -238,10 +240,9 @@ def _make_class():
                 fork = _context.current_fork()
                 if fork is None or not fork.task:
                     self._scheduler(n)
-                elif self.lazy and fork.live() and not _someone_idle(fork):
-                    # Lazy splitting: this worker already holds a private child (work
-                    # a thief could get) and every worker is busy, so this call's
-                    # batches would only be run by this task anyway.  joblib runs it
+                elif self.lazy and not _someone_idle(fork):
+                    # Lazy splitting: every worker is busy, so this call's batches
+                    # would only be run by this task anyway.  joblib runs it
                     # sequentially here, at a fraction of its per-call cost; a call
                     # made once a worker is idle is split, and its first spawn
                     # publishes this worker's oldest private child for the thief.
