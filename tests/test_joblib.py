@@ -248,6 +248,20 @@ def test_nested_fib_is_right(lazy, sched):
         assert Parallel()(delayed(jt.pfib)(n) for n in (12, 14, 16)) == [jt.fib(n) for n in (12, 14, 16)]
 
 
+def test_suspended_tasks_keep_their_own_joblib_config(sched):
+    # joblib's active config is a threading.local, shared by a worker's fibers:
+    # a task that suspends in a nested call and resumes must find its own, not
+    # that of a task that ran meanwhile (whose backend object holds that
+    # task's children: syncing them here fails with "a handle can only be
+    # synced by the task that spawned it").  Lazy splitting runs the items of
+    # an unsplit call under the current config, after earlier items may have
+    # suspended: many rounds of the nested fib make the interleaving likely.
+    with parallel_config(backend="penny", n_jobs=2):
+        for _ in range(40):
+            assert Parallel()(delayed(jt.pfib)(n) for n in (12, 14, 16, 15)) == [
+                jt.fib(n) for n in (12, 14, 16, 15)]
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 def test_nested_error_comes_back_as_itself(lazy, sched):
     with parallel_config(backend="penny", n_jobs=2, lazy=lazy):

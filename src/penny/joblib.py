@@ -45,6 +45,13 @@ one worker, none of them stolen; benchmarks/RESULTS.md.)
 ``parallel_config(backend="penny", lazy=False)`` splits every nested call;
 the setting travels to the nested levels.
 
+joblib keeps its active config in a ``threading.local``, which all fibers
+of a worker share: while a task waits in a nested call's sync the config is
+put aside and restored when it resumes (`_sync_own_config`), so a task
+resumes under its own config and the tasks run meanwhile do not inherit it.
+(A task suspended in its own ``penny.sync`` inside a joblib batch is not
+covered.)
+
 ``import penny.joblib`` does not import joblib: `register()` (or the first use
 of `PennyBackend`) does.
 """
@@ -68,6 +75,7 @@ _CLASS_LOCK = threading.Lock()
 # Set with the class (joblib is imported then): what the per-batch paths use.
 _parallel_config = None
 _BatchedCalls = None
+_joblib_local = None  # joblib.parallel._backend: the threading.local that holds joblib's active config
 _CARRIERS: dict = {}  # (nesting level, lazy) -> the backend get_nested_backend names in a task's batches
 
 
@@ -129,7 +137,7 @@ class _Child:
             return
         try:
             if self.handle is not None:
-                self.value = sync(self.handle)
+                self.value = _sync_own_config(self.handle)
             else:
                 fn, args = self.call
                 self.call = None
@@ -148,6 +156,26 @@ class _Child:
     get = result
 
 
+def _sync_own_config(handle):
+    """penny.sync(handle), with joblib's active config kept per fiber.
+
+    joblib keeps it in a threading.local, which every fiber of a worker
+    shares: a task suspended in this sync would otherwise resume under the
+    config of whatever ran meanwhile (another task's batch, with its backend
+    object and that call's children), and leave its own behind for the
+    tasks that run while it waits.  So the config is taken away for the wait
+    and put back after it (a child run inline here enters its own config)."""
+    local = _joblib_local
+    saved = local.__dict__.pop("config", None)
+    try:
+        return sync(handle)
+    finally:
+        if saved is None:
+            local.__dict__.pop("config", None)
+        else:
+            local.config = saved
+
+
 def _run_batch(items, n_jobs, nesting_level, lazy=True):
     """A joblib batch inside a task, as BatchedCalls.__call__ runs it: under the
     nested backend (Penny again, one level deeper)."""
@@ -157,13 +185,14 @@ def _run_batch(items, n_jobs, nesting_level, lazy=True):
 
 
 def _backend_class():
-    global _CLASS, _parallel_config, _BatchedCalls
+    global _CLASS, _parallel_config, _BatchedCalls, _joblib_local
     with _CLASS_LOCK:
         if _CLASS is None:
             from joblib import parallel_config
             from joblib.parallel import BatchedCalls
+            from joblib.parallel import _backend as joblib_local
 
-            _parallel_config, _BatchedCalls = parallel_config, BatchedCalls
+            _parallel_config, _BatchedCalls, _joblib_local = parallel_config, BatchedCalls, joblib_local
             _CLASS = _make_class()
         return _CLASS
 
