@@ -103,3 +103,62 @@ def nested_generator(n):
     from joblib import Parallel, delayed
 
     return [r[1] for r in Parallel(n_jobs=2, return_as="generator")(delayed(pid_square)(i) for i in range(n))]
+
+
+def nested_width(width):
+    """One nested Parallel of `width` one-item batches."""
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=2, batch_size=1)(delayed(abs)(-i) for i in range(width))
+
+
+def mark_or_fail(x, bad, directory):
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    open(os.path.join(directory, f"ran-{x}"), "w").close()
+    return x
+
+
+def nested_marks(n, bad, directory):
+    """A nested Parallel of `n` one-item batches where item `bad` fails; the others leave a marker."""
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=2, batch_size=1)(delayed(mark_or_fail)(i, bad, directory) for i in range(n))
+
+
+def nested_unordered(n):
+    from joblib import Parallel, delayed
+
+    return sorted(Parallel(n_jobs=2, batch_size=1, return_as="generator_unordered")(
+        delayed(abs)(-i) for i in range(n)))
+
+
+def nested_twice_with_generators(n):
+    """Two nested generator Parallel calls alive at once under the same backend, consumed in turn."""
+    from joblib import Parallel, delayed
+
+    a = Parallel(n_jobs=2, return_as="generator")(delayed(abs)(-i) for i in range(n))
+    b = Parallel(n_jobs=2, return_as="generator")(delayed(abs)(i) for i in range(n))
+    return [list(a), list(b)]
+
+
+def nested_width_holding(width):
+    """nested_width(width) while this task holds a private child of its own (its
+    argument cannot be pickled, so it stays private even for an idle worker)."""
+    import threading
+
+    h = penny.spawn(bool, threading.Lock())
+    out = nested_width(width)
+    assert penny.sync(h) is True
+    return out
+
+
+def holding(fn, *args):
+    """fn(*args) while this task holds a private child of its own (see nested_width_holding)."""
+    import threading
+
+    h = penny.spawn(bool, threading.Lock())
+    try:
+        return fn(*args)
+    finally:
+        assert penny.sync(h) is True
