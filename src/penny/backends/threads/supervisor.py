@@ -95,6 +95,11 @@ class ThreadSupervisor:
     _fail_everything = Supervisor._fail_everything
 
     # ---- stopping ------------------------------------------------------------------
+    def begin_stop(self) -> None:
+        """From now on a worker thread's end is the shutdown's (as the process
+        supervisor's begin_stop)."""
+        self._stopping = True
+
     def stop(self, timeout: float) -> None:
         """Join every worker thread (the shutdown flag is up and they were woken)."""
         self._stopping = True
