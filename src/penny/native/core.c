@@ -80,8 +80,11 @@
  *   (tasks.c)           by collect, which one collector thread per scheduler
  *                       calls: two schedulers' collectors in one process may
  *                       lose an increment of it, nothing else.
- * Python-level state (the threads backend's call table, the arena's lists)
- * relies on the per-object locks of dict/list on such a build.
+ * Python-level state is the Python code's own: the threads backend's call
+ * table is a dict (one insertion, lookup or pop is atomic under its
+ * per-object lock on such a build: backends/threads/calls.py), and the
+ * arena's large-block lists are under its lock word in the region
+ * (shm/arena.py), a CAS that excludes threads as it excludes processes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
