@@ -46,6 +46,47 @@
  *     lease.c         Lease: a buffer exporter over a block of the region
  *     module.c        the Shared type's method table, the module's
  *                     functions and constants, PyInit__core
+ *
+ * Threads without a GIL.  On a free-threaded CPython (3.13t, Py_GIL_DISABLED)
+ * the module declares Py_MOD_GIL_NOT_USED (module.c), so importing it keeps
+ * the GIL off, and several threads (the threads backend's workers, its
+ * collector, the caller's threads) call into it at once.  The shared words of
+ * the region were built for that from the start (C11 atomics across
+ * processes, so across threads too); what else is shared, and what protects
+ * it:
+ *   Shared (shared.c)   base, len, has_view: written by __init__ (before the
+ *                       object is shared) and by release(), which the owner
+ *                       calls once no thread uses the object any more (the
+ *                       threads backend closes its region after joining its
+ *                       workers); leases and keep_view: the object's
+ *                       critical section (Lease init/dealloc, release); g
+ *                       (the task geometry): set once by set_tasks before the
+ *                       workers start.
+ *   Lease (lease.c)     immutable after __init__; its release callback is
+ *                       Python (the arena's own locking).
+ *   Handle, ForkCore    thread-confined: a ForkCore is one worker thread's
+ *   (forkjoin.c)        (greenlet fibers never change threads), and a Handle
+ *                       belongs to the task that spawned it, on that thread;
+ *                       other threads reach them only through the Python
+ *                       fallbacks.  the_fork, per_thread: relaxed atomics
+ *                       (plain loads on x86-64, as fast as before);
+ *                       thread_fork: thread-local.  spawn_fallback and
+ *                       sync_fallback: acquire/release pointers; without a
+ *                       GIL a replaced fallback is kept alive forever, since
+ *                       another thread may be calling it.
+ *   kill points         kp_armed and kp_left: atomics; arm_kill_point runs in
+ *   (killpoint.c)       the module's critical section and publishes the
+ *                       paths with the release store of kp_armed.
+ *   CorruptRegion       written once by PyInit__core (the import lock).
+ *   s_collect_dropped   a diagnostic count of dropped corrupt refs, written
+ *   (tasks.c)           by collect, which one collector thread per scheduler
+ *                       calls: two schedulers' collectors in one process may
+ *                       lose an increment of it, nothing else.
+ * Python-level state is the Python code's own: the threads backend's call
+ * table is a dict (one insertion, lookup or pop is atomic under its
+ * per-object lock on such a build: backends/threads/calls.py), and the
+ * arena's large-block lists are under its lock word in the region
+ * (shm/arena.py), a CAS that excludes threads as it excludes processes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,6 +97,12 @@
 #include <errno.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Before 3.13 there are no critical sections: the GIL is the lock. */
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#endif
 
 #include "atomics.h"
 #include "futex.h"

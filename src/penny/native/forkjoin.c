@@ -219,21 +219,46 @@ typedef struct {
  * load of a word that never changes, so the branch is always predicted.
  * `bind` sets both, so a worker forked from a process that had set
  * `per_thread` still finds its state.  Initial-exec TLS: no __tls_get_addr
- * call (one pointer of the static TLS surplus).  The GIL orders these
- * stores and loads (a free-threaded build: each is written by its own
- * thread only, or once before the worker threads start). */
-static ForkCore *the_fork = NULL;
+ * call (one pointer of the static TLS surplus).  `the_fork` and
+ * `per_thread` are relaxed atomics: other threads may store them while a
+ * thread reads them without a GIL (a relaxed load is a plain load on
+ * x86-64 and arm64, so the hot path is as before); each thread reads only
+ * the ForkCore it bound itself, so no ordering is needed beyond that. */
+static ForkCore *_Atomic the_fork = NULL;
 static _Thread_local ForkCore *thread_fork __attribute__((tls_model("initial-exec"))) = NULL;
-static int per_thread = 0;
+static atomic_int per_thread = 0;
 
 static inline ForkCore *
 current_fork(void)
 {
-    return per_thread ? thread_fork : the_fork;
+    return atomic_load_explicit(&per_thread, memory_order_relaxed)
+               ? thread_fork
+               : atomic_load_explicit(&the_fork, memory_order_relaxed);
 }
 
-static PyObject *spawn_fallback = NULL; /* fibers._spawn_slow(fn, args, kwargs) */
-static PyObject *sync_fallback = NULL;  /* fibers._sync_slow(handle_or_None) */
+/* Clear the_fork if it is `f` (a ForkCore that goes away). */
+static inline void
+forget_fork(ForkCore *f)
+{
+    ForkCore *expected = f;
+    atomic_compare_exchange_strong_explicit(&the_fork, &expected, NULL, memory_order_relaxed,
+                                            memory_order_relaxed);
+}
+
+/* fibers._spawn_slow(fn, args, kwargs) and fibers._sync_slow(handle_or_None),
+ * set by set_fallbacks (frontend/api.py at import; the fuzz driver again and
+ * again).  Stored with release, loaded with acquire: a thread that sees the
+ * pointer sees the object.  Without a GIL a replaced fallback may still be
+ * running on another thread, so its reference is never dropped (a few bytes
+ * per replacement; Penny sets them once). */
+static PyObject *_Atomic spawn_fallback = NULL;
+static PyObject *_Atomic sync_fallback = NULL;
+
+static inline PyObject *
+fallback(PyObject *_Atomic *which)
+{
+    return atomic_load_explicit(which, memory_order_acquire);
+}
 
 static int
 ForkCore_traverse(ForkCore *f, visitproc visit, void *arg)
@@ -259,8 +284,7 @@ static void
 ForkCore_dealloc(ForkCore *f)
 {
     PyObject_GC_UnTrack(f);
-    if (the_fork == f)
-        the_fork = NULL;
+    forget_fork(f);
     if (thread_fork == f)
         thread_fork = NULL;
     ForkCore_clear(f);
@@ -441,7 +465,7 @@ static PyObject *ForkCore_run_handle(ForkCore *f, PyObject *h);
 static PyObject *
 ForkCore_bind(ForkCore *f, PyObject *unused)
 {
-    the_fork = f;  /* borrowed: the worker keeps its ForkJoin alive */
+    atomic_store_explicit(&the_fork, f, memory_order_relaxed);  /* borrowed: the worker keeps its ForkJoin alive */
     thread_fork = f;
     Py_RETURN_NONE;
 }
@@ -450,7 +474,7 @@ static PyObject *
 ForkCore_bind_thread(ForkCore *f, PyObject *unused)
 {
     thread_fork = f;  /* borrowed, as in bind */
-    per_thread = 1;
+    atomic_store_explicit(&per_thread, 1, memory_order_relaxed);
     Py_RETURN_NONE;
 }
 
@@ -459,8 +483,7 @@ ForkCore_unbind(ForkCore *f, PyObject *unused)
 {
     if (thread_fork == f)
         thread_fork = NULL;  /* a worker thread that ends: this thread has no fork state any more */
-    if (the_fork == f)
-        the_fork = NULL;
+    forget_fork(f);
     Py_RETURN_NONE;
 }
 
@@ -535,10 +558,11 @@ M_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
     ForkCore *f = current_fork();
     PyObject *res = NULL;
     if (!f || !f->task) {
-        if (!spawn_fallback)
+        PyObject *slow = fallback(&spawn_fallback);
+        if (!slow)
             PyErr_SetString(PyExc_RuntimeError, "penny.fibers is not initialised");
         else
-            res = PyObject_CallFunctionObjArgs(spawn_fallback, fn, pargs, kwargs ? kwargs : Py_None, NULL);
+            res = PyObject_CallFunctionObjArgs(slow, fn, pargs, kwargs ? kwargs : Py_None, NULL);
         goto done;
     }
     PyObject *fidobj = PyDict_GetItemWithError(f->fids, fn);
@@ -649,9 +673,10 @@ M_sync(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             return Py_NewRef(h->value);
         }
     }
-    if (!sync_fallback)
+    PyObject *slow = fallback(&sync_fallback);
+    if (!slow)
         return PyErr_Format(PyExc_RuntimeError, "penny.fibers is not initialised");
-    return PyObject_CallOneArg(sync_fallback, arg);
+    return PyObject_CallOneArg(slow, arg);
 }
 
 static PyObject *
@@ -676,8 +701,15 @@ M_set_fallbacks(PyObject *mod, PyObject *args)
     PyObject *sp, *sy;
     if (!PyArg_ParseTuple(args, "OO:set_fallbacks", &sp, &sy))
         return NULL;
-    Py_XSETREF(spawn_fallback, Py_NewRef(sp));
-    Py_XSETREF(sync_fallback, Py_NewRef(sy));
+    PyObject *old_sp = atomic_exchange_explicit(&spawn_fallback, Py_NewRef(sp), memory_order_acq_rel);
+    PyObject *old_sy = atomic_exchange_explicit(&sync_fallback, Py_NewRef(sy), memory_order_acq_rel);
+#ifdef Py_GIL_DISABLED
+    (void)old_sp;  /* kept alive: another thread may be calling it (above) */
+    (void)old_sy;
+#else
+    Py_XDECREF(old_sp);  /* the GIL: no other thread is inside it but by its own reference */
+    Py_XDECREF(old_sy);
+#endif
     Py_RETURN_NONE;
 }
 

@@ -53,10 +53,14 @@ static const char *const kp_names[KP_COUNT] = {
 #undef KP_NAME
 };
 
-/* Written by this process only (arm_kill_point, under the GIL), read by its
- * own threads: plain ints, no shared memory involved. */
-static int kp_armed = KP_NONE;
-static long kp_left = 0;
+/* Written by this process only (arm_kill_point, in the module's critical
+ * section: the GIL on a GIL build), read by its own threads; no shared
+ * memory involved.  kp_armed is loaded relaxed at every point (a plain load)
+ * and stored with release after the paths and kp_which, which kp_fire reads
+ * after an acquire load; kp_left counts down atomically, so with several
+ * threads passing points the n-th pass is still the one that fires. */
+static atomic_int kp_armed = KP_NONE;
+static atomic_long kp_left = 0;
 static char kp_once[1024];
 static char kp_log[1024];
 static int kp_which = KP_NONE;
@@ -64,9 +68,11 @@ static int kp_which = KP_NONE;
 static void
 kp_fire(void)
 {
-    if (--kp_left > 0)
+    if (atomic_load_explicit(&kp_armed, memory_order_acquire) == KP_NONE)
+        return;  /* disarmed since the relaxed load at the point */
+    if (atomic_fetch_sub_explicit(&kp_left, 1, memory_order_relaxed) - 1 > 0)
         return;
-    kp_armed = KP_NONE;
+    atomic_store_explicit(&kp_armed, KP_NONE, memory_order_relaxed);
     if (kp_once[0]) {
         int fd = open(kp_once, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
         if (fd < 0)
@@ -94,7 +100,7 @@ kp_fire(void)
 
 #define KILL_POINT(id)                                     \
     do {                                                   \
-        if (__builtin_expect(kp_armed == KP_##id, 0))     \
+        if (__builtin_expect(atomic_load_explicit(&kp_armed, memory_order_relaxed) == KP_##id, 0)) \
             kp_fire();                                     \
     } while (0)
 
@@ -110,7 +116,7 @@ M_arm_kill_point(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "z|lzz:arm_kill_point", &name, &n, &once, &logp))
         return NULL;
     if (!name) {
-        kp_armed = KP_NONE;
+        atomic_store_explicit(&kp_armed, KP_NONE, memory_order_relaxed);
         Py_RETURN_TRUE;
     }
     if (n < 1) {
@@ -121,21 +127,29 @@ M_arm_kill_point(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "arm_kill_point: path too long");
         return NULL;
     }
+    int found = 0;
+    Py_BEGIN_CRITICAL_SECTION(self);
     for (int i = 1; i < KP_COUNT; i++) {
         if (strcmp(kp_names[i], name) == 0) {
+            /* Disarmed while the paths change: a point passed from here on
+             * does not fire on half-written paths (re-arming while another
+             * thread is already firing is a test's own race). */
+            atomic_store_explicit(&kp_armed, KP_NONE, memory_order_relaxed);
             kp_once[0] = 0;
             kp_log[0] = 0;
             if (once)
                 strcpy(kp_once, once);
             if (logp)
                 strcpy(kp_log, logp);
-            kp_left = n;
+            atomic_store_explicit(&kp_left, n, memory_order_relaxed);
             kp_which = i;
-            kp_armed = i;
-            Py_RETURN_TRUE;
+            atomic_store_explicit(&kp_armed, i, memory_order_release);  /* pairs with kp_fire's acquire */
+            found = 1;
+            break;
         }
     }
-    Py_RETURN_FALSE;
+    Py_END_CRITICAL_SECTION();
+    return PyBool_FromLong(found);
 }
 
 static int

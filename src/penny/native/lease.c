@@ -34,11 +34,17 @@ Lease_init(Lease *self, PyObject *args, PyObject *kw)
         return -1;
     }
     Shared *s = (Shared *)so;
-    char *p = span(s, off, n);
+    char *p;
+    /* The check and the count in one critical section: release() on another
+     * thread either sees this lease or makes the span check fail. */
+    Py_BEGIN_CRITICAL_SECTION(s);
+    p = span(s, off, n);
+    if (p)
+        s->leases++;
+    Py_END_CRITICAL_SECTION();
     if (!p)
         return -1;
     self->s = (Shared *)Py_NewRef(so);
-    s->leases++;
     self->ptr = p;
     self->offset = off;
     self->nbytes = n;
@@ -66,10 +72,15 @@ Lease_dealloc(Lease *self)
     Py_CLEAR(self->release);
     Shared *s = self->s;
     if (s) {
+        int drop = 0;
+        Py_BEGIN_CRITICAL_SECTION(s);
         if (--s->leases == 0 && s->keep_view) {
             s->keep_view = 0;
-            PyBuffer_Release(&s->view);
+            drop = 1;
         }
+        Py_END_CRITICAL_SECTION();
+        if (drop)  /* the last holder: no other thread touches the view now */
+            PyBuffer_Release(&s->view);
         self->s = NULL;
         Py_DECREF(s);
     }

@@ -131,10 +131,10 @@ add_layout(PyObject *m)
     return 0;
 }
 
-/* No Py_MOD_GIL_NOT_USED (free-threaded builds): the core relies on the GIL,
- * e.g. for Shared.leases and keep_view (Lease), the fallbacks and ForkCore's
- * private list (the fork state per thread: forkjoin.c).  A free-threaded
- * build re-enables the GIL on import, which is correct. */
+/* Free-threaded builds: the core is safe to call from several threads at
+ * once without the GIL (what protects each shared static: core.c), so it
+ * says so, and importing it keeps the GIL off.  Single-phase init, hence
+ * PyUnstable_Module_SetGIL rather than the Py_mod_gil slot. */
 PyMODINIT_FUNC
 PyInit__core(void)
 {
@@ -155,6 +155,12 @@ PyInit__core(void)
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
         return NULL;
+#ifdef Py_GIL_DISABLED
+    if (PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
     Py_INCREF(&SharedType);
     if (PyModule_AddObject(m, "Shared", (PyObject *)&SharedType) < 0)
         return NULL;

@@ -26,7 +26,9 @@ typedef struct {
     int has_view;        /* operations allowed (cleared by release()) */
     int keep_view;       /* released, but leases still point into the view */
     int inited;          /* __init__ ran once (it may not run again) */
-    Py_ssize_t leases;   /* live Lease objects on this buffer (GIL-protected) */
+    Py_ssize_t leases;   /* live Lease objects on this buffer; leases and keep_view
+                          * change in the object's critical section (the GIL on a
+                          * GIL build) */
     TaskGeometry g;
     /* Who this process is in the rings' claims (mpmc_ring.h): a worker's id
      * (set_taker), else MQ_TAKER_NONE (never repaired: the main process, or
@@ -235,19 +237,23 @@ Shared_dealloc(Shared *self)
 static PyObject *
 Shared_release(Shared *self, PyObject *unused)
 {
+    int now;
+    /* The critical section orders this against Lease init/dealloc on other
+     * threads (a lease made between the check and the release would point
+     * into a dropped view). */
+    Py_BEGIN_CRITICAL_SECTION(self);
     if (self->has_view) {
         self->has_view = 0;
         self->base = NULL;
         self->len = 0;
-        if (self->leases > 0) {
+        if (self->leases > 0)
             self->keep_view = 1;
-            Py_RETURN_FALSE;
-        }
-        PyBuffer_Release(&self->view);
+        else
+            PyBuffer_Release(&self->view);
     }
-    if (self->keep_view)
-        Py_RETURN_FALSE;
-    Py_RETURN_TRUE;
+    now = !self->keep_view;
+    Py_END_CRITICAL_SECTION();
+    return PyBool_FromLong(now);
 }
 
 /* getters: nbytes, leases, address */
@@ -261,7 +267,11 @@ S_len(Shared *s, void *closure)
 static PyObject *
 S_leases(Shared *s, void *closure)
 {
-    return PyLong_FromSsize_t(s->leases);
+    Py_ssize_t n;
+    Py_BEGIN_CRITICAL_SECTION(s);
+    n = s->leases;
+    Py_END_CRITICAL_SECTION();
+    return PyLong_FromSsize_t(n);
 }
 
 static PyObject *
