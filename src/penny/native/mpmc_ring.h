@@ -258,12 +258,8 @@ mq_pop_as(char *b, uint64_t mask, uint32_t taker, int kp)
 static inline int64_t
 mq_pop(char *b, uint64_t mask)
 {
-    uint64_t at;
-    int64_t x = mq_pop_begin(b, mask, MQ_TAKER_NONE, 0, &at);
-    if (at == MQ_NONE)
-        return x == MQ_CORRUPT ? R_EMPTY : x;
-    mq_pop_end(b, mask, at);
-    return x;
+    int64_t x = mq_pop_as(b, mask, MQ_TAKER_NONE, 0);
+    return x == MQ_CORRUPT ? R_EMPTY : x;
 }
 
 /* Finish the steps a dead `taker` left half done in this ring (only once

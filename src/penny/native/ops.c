@@ -406,6 +406,22 @@ S_queue_push(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(r);
 }
 
+/* A worker id argument of set_taker / queue_repair: 0 <= id < MQ_TAKER_NONE.
+ * Returns 0, or -1 with an exception. */
+static int
+taker_arg(PyObject *obj, const char *what, uint32_t *out)
+{
+    Py_ssize_t w = PyLong_AsSsize_t(obj);
+    if (w == -1 && PyErr_Occurred())
+        return -1;
+    if (w < 0 || w >= (Py_ssize_t)MQ_TAKER_NONE) {
+        PyErr_Format(PyExc_ValueError, "%s: worker id %zd outside 0..%d", what, w, (int)MQ_TAKER_NONE - 1);
+        return -1;
+    }
+    *out = (uint32_t)w;
+    return 0;
+}
+
 /* set_taker(worker, note_off): this process is worker `worker` in the rings'
  * claims from now on, and notes each value it pushes in the u64 at
  * `note_off` first (mpmc_ring.h; the supervisor reads both after a death:
@@ -414,15 +430,13 @@ static PyObject *
 S_set_taker(Shared *s, PyObject *const *args, Py_ssize_t nargs)
 {
     NARGS(2, "set_taker");
-    Py_ssize_t w = PyLong_AsSsize_t(args[0]);
-    if (w == -1 && PyErr_Occurred())
+    uint32_t w;
+    if (taker_arg(args[0], "set_taker", &w) < 0)
         return NULL;
-    if (w < 0 || w >= (Py_ssize_t)MQ_TAKER_NONE)
-        return PyErr_Format(PyExc_ValueError, "set_taker: worker id %zd outside 0..%d", w, (int)MQ_TAKER_NONE - 1);
     a64 *note = addr(s, args[1], 8);
     if (!note)
         return NULL;
-    s->taker = (uint32_t)w;
+    s->taker = w;
     s->note_off = (char *)note - s->base;
     Py_RETURN_NONE;
 }
@@ -438,19 +452,15 @@ S_queue_repair(Shared *s, PyObject *const *args, Py_ssize_t nargs)
     NARGS(3, "queue_repair");
     uint64_t mask, fill;
     char *b = queue_at(s, args[0], &mask);
-    if (!b || as_u64(args[2], &fill) < 0)
+    uint32_t w;
+    if (!b || as_u64(args[2], &fill) < 0 || taker_arg(args[1], "queue_repair", &w) < 0)
         return NULL;
-    Py_ssize_t w = PyLong_AsSsize_t(args[1]);
-    if (w == -1 && PyErr_Occurred())
-        return NULL;
-    if (w < 0 || w >= (Py_ssize_t)MQ_TAKER_NONE)
-        return PyErr_Format(PyExc_ValueError, "queue_repair: worker id %zd outside 0..%d", w, (int)MQ_TAKER_NONE - 1);
     if ((int64_t)fill < 0)
         return PyErr_Format(PyExc_ValueError, "queue_repair: fill must be a 63-bit int (0: a tombstone)");
     /* A worker pops one slot at a time: more than a few claims of one
      * taker means scribbled words; the first 64 are returned. */
     uint64_t out[64];
-    int64_t n = mq_repair(b, mask, (uint32_t)w, fill, out, 64);
+    int64_t n = mq_repair(b, mask, w, fill, out, 64);
     PyObject *list = PyList_New(0);
     for (int64_t i = 0; list && i < n; i++) {
         PyObject *v = PyLong_FromUnsignedLongLong(out[i]);
