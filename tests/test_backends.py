@@ -318,6 +318,12 @@ def _thread_fault_breaks_loudly(make):
     (every pending future fails, submits refuse) instead of hanging it."""
     s = make(2)
     assert s.submit(bt.add, 1, 1).result(timeout=120) == 2
+    # One task done says one worker runs; each thread builds its own worker, so
+    # wait until every thread has (on 3.13t the second is often still starting).
+    deadline = time.monotonic() + 120
+    while any(w is None for w in s._supervisor.workers):
+        assert time.monotonic() < deadline, "a worker thread never started"
+        time.sleep(0.01)
     for w in s._supervisor.workers:
         w.find_work = _injected_fault  # the loop calls it when its own deque is empty
     futs = [s.submit(bt.nap, 0.05) for _ in range(6)]
