@@ -13,9 +13,32 @@ from __future__ import annotations
 
 import _thread
 import concurrent.futures as cf
+import threading
+import time
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING
 
 from ..shm.layout import S_RUNNING
+
+
+# How long the main thread blocks before it looks at its signals again.
+SIGNAL_CHECK_S = 0.1
+
+
+def _main_thread_acquire(waiter, timeout) -> bool:
+    """`waiter.acquire(True, timeout)` in slices, for the main thread.
+
+    A signal whose C handler runs just before the main thread blocks in a lock
+    (or on another thread) leaves its Python handler pending until the main
+    thread next runs bytecode: a SIGTERM or Ctrl-C could then wait for the
+    result forever (seen on free-threaded 3.13t under load, a few times in
+    ten).  Returning to Python every SIGNAL_CHECK_S runs it within that time."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = SIGNAL_CHECK_S if deadline is None else min(SIGNAL_CHECK_S, deadline - time.monotonic())
+        if step <= 0:
+            return waiter.acquire(False)
+        if waiter.acquire(True, step):
+            return True
 
 
 class _Condition:
@@ -48,12 +71,12 @@ class _Condition:
         saved = self._lock._release_save()
         got = False
         try:
-            if timeout is None:
-                got = waiter.acquire()
-            elif timeout > 0:
-                got = waiter.acquire(True, timeout)
-            else:
+            if timeout is not None and timeout <= 0:
                 got = waiter.acquire(False)
+            elif _thread.get_ident() != threading.main_thread().ident:
+                got = waiter.acquire() if timeout is None else waiter.acquire(True, timeout)
+            else:
+                got = _main_thread_acquire(waiter, timeout)
             return got
         finally:
             self._lock._acquire_restore(saved)
