@@ -31,6 +31,7 @@ N_ROOTS = 24
 N_BIG = 3
 N_TREES = 4
 TREE_DEPTH = 5
+EXTRA_TREES = 12
 LEAF_SLEEP = 0.003  # leaves take a while: children are stolen and parents suspend in sync
 BIG = 300 << 10  # > config.LARGE_BLOCK: the large area
 
@@ -158,9 +159,15 @@ def main(method: str, outdir: str) -> None:
         # One tree at a time: the other worker is idle, so children are
         # published (spawn), stolen, popped back (pop_child), and parents
         # suspend in sync and resume.
-        for tid in range(N_TREES):
+        # A point only a stolen child reaches (suspend, token_give) depends on
+        # timing: under load the thief may wake too late for all four trees,
+        # so more trees run (up to EXTRA_TREES) until the point has fired.
+        fired = os.environ.get("PENNY_KILL_ONCE")
+        tid = 0
+        while tid < N_TREES or (tid < N_TREES + EXTRA_TREES and fired and not os.path.exists(fired)):
             f = sched.submit(tree, tid, TREE_DEPTH, 0, b"p" * 200 if tid % 2 else None)
             res["tree"][tid] = _outcome(f, timeout)
+            tid += 1
         time.sleep(1.0)  # every worker parks
         late = {tid: sched.submit(effect, tid, 1, 2, 3) for tid in range(N_ROOTS, N_ROOTS + 4)}
         res["root"].update({t: _outcome(f, timeout) for t, f in late.items()})
